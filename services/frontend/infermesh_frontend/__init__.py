@@ -1,0 +1,1 @@
+"""infermesh_frontend."""

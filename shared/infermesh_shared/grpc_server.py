@@ -1,0 +1,31 @@
+"""Common gRPC server plumbing: health checking and reflection for every service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+
+def add_health_and_reflection(server: grpc.Server | grpc.aio.Server, service_full_names: Iterable[str]) -> health.HealthServicer:
+    """Registers grpc.health.v1 and server reflection on `server`; returns the health servicer.
+
+    The caller flips statuses with `set(name, status)`; the overall status ("") starts SERVING
+    only when the caller says so, because a service whose downstream is missing is not ready.
+    """
+    names = list(service_full_names)
+    servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ["", *names]:
+        servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return servicer
+
+
+def set_serving(servicer: health.HealthServicer, service_full_names: Iterable[str], serving: bool) -> None:
+    """Sets the overall status and each named service's status to SERVING or NOT_SERVING."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *service_full_names]:
+        servicer.set(name, status)
