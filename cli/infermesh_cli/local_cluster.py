@@ -1,0 +1,252 @@
+"""Runs frontend, scheduler and workers as separate local processes (`infermesh up`, e2e tests).
+
+Each service prints `<name> listening on HOST:PORT` once it serves; that line is how the launcher
+learns the port a service bound (services take port 0 and pick a free one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_LISTENING = re.compile(r"(\w+) listening on (\S+:\d+)")
+
+
+class ServiceStartError(RuntimeError):
+    """A service exited or did not come up in time; the message carries its last output lines."""
+
+
+@dataclass
+class ServiceProcess:
+    """One running service: its process, the address it announced, and its recent output."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str] | None = None
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+    address: str | None = None
+    _tail: deque = field(default_factory=lambda: deque(maxlen=200))
+    _listening: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.process = subprocess.Popen(
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            bufsize=1,
+            # Own session: a terminal's Ctrl-C reaches the launcher only, which stops services in order.
+            start_new_session=True,
+        )
+        threading.Thread(target=self._pump, name=f"{self.name}-output", daemon=True).start()
+
+    def _pump(self) -> None:
+        sink = self.log_path.open("a") if self.log_path else None
+        try:
+            assert self.process is not None and self.process.stdout is not None
+            for line in self.process.stdout:
+                self._tail.append(line.rstrip("\n"))
+                if sink:
+                    sink.write(line)
+                    sink.flush()
+                match = _LISTENING.search(line)
+                if match and not self._listening.is_set() and match.group(1) == self.name:
+                    self.address = match.group(2)
+                    self._listening.set()
+        finally:
+            if sink:
+                sink.close()
+
+    def wait_listening(self, timeout_s: float) -> str:
+        """Blocks until the service announced its address; returns it."""
+        deadline = time.monotonic() + timeout_s
+        while not self._listening.wait(0.1):
+            if self.process is not None and self.process.poll() is not None:
+                raise ServiceStartError(f"{self.name} exited with status {self.process.returncode}:\n{self.output_tail()}")
+            if time.monotonic() > deadline:
+                raise ServiceStartError(f"{self.name} did not start listening in {timeout_s:.0f}s:\n{self.output_tail()}")
+        assert self.address is not None
+        return self.address
+
+    def output_tail(self, lines: int = 40) -> str:
+        return "\n".join(list(self._tail)[-lines:])
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s`."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL at once (failure tests)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def wait_serving(address: str, timeout_s: float, service: str = "") -> None:
+    """Blocks until grpc.health.v1 at `address` says SERVING."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            except grpc.RpcError as err:
+                last = f"{err.code().name}: {err.details()}"
+            time.sleep(0.1)
+    raise ServiceStartError(f"{address} not SERVING after {timeout_s:.0f}s (last: {last})")
+
+
+@dataclass
+class ClusterSpec:
+    """What to start: one scheduler with its worker group, and frontends in front of it."""
+
+    model_path: Path
+    frontend_port: int = 0
+    tp_size: int = 1
+    pp_size: int = 1
+    num_frontends: int = 1
+    host: str = "127.0.0.1"
+    scheduler_args: list[str] = field(default_factory=list)
+    worker_args: list[str] = field(default_factory=list)
+    frontend_args: list[str] = field(default_factory=list)
+    log_dir: Path | None = None
+    env: dict[str, str] | None = None
+    start_timeout_s: float = 180.0
+
+
+class LocalCluster:
+    """Starts and stops a scheduler, its tp·pp workers and the frontends, each in its own process."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self.scheduler: ServiceProcess | None = None
+        self.workers: list[ServiceProcess] = []
+        self.frontends: list[ServiceProcess] = []
+
+    @property
+    def frontend_address(self) -> str:
+        assert self.frontends and self.frontends[0].address
+        return self.frontends[0].address
+
+    @property
+    def scheduler_address(self) -> str:
+        assert self.scheduler is not None and self.scheduler.address
+        return self.scheduler.address
+
+    def _log_path(self, name: str) -> Path | None:
+        if self.spec.log_dir is None:
+            return None
+        self.spec.log_dir.mkdir(parents=True, exist_ok=True)
+        return self.spec.log_dir / f"{name}.log"
+
+    def start(self) -> LocalCluster:
+        spec = self.spec
+        try:
+            self.scheduler = self._spawn(
+                "scheduler",
+                "infermesh_scheduler",
+                [
+                    "--host", spec.host, "--port", "0", "--model-path", str(spec.model_path),
+                    "--tp-size", str(spec.tp_size), "--pp-size", str(spec.pp_size),
+                    "--num-workers", str(spec.tp_size * spec.pp_size), *spec.scheduler_args,
+                ],
+            )
+            scheduler_address = self.scheduler.wait_listening(spec.start_timeout_s)
+            self.start_workers(spec.tp_size * spec.pp_size)
+            wait_serving(scheduler_address, spec.start_timeout_s)
+            for i in range(spec.num_frontends):
+                self.start_frontend(port=spec.frontend_port if i == 0 else 0, index=i)
+            return self
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_workers(self, count: int) -> list[ServiceProcess]:
+        started = []
+        for _ in range(count):
+            index = len(self.workers)
+            worker = self._spawn(
+                "worker",
+                "infermesh_worker",
+                [
+                    "--host", self.spec.host, "--port", "0", "--scheduler-address", self.scheduler_address,
+                    "--worker-name", f"worker-{index}", *self.spec.worker_args,
+                ],
+                log_name=f"worker-{index}",
+            )
+            self.workers.append(worker)
+            started.append(worker)
+        for worker in started:
+            worker.wait_listening(self.spec.start_timeout_s)
+        return started
+
+    def start_frontend(self, port: int = 0, index: int | None = None) -> ServiceProcess:
+        index = len(self.frontends) if index is None else index
+        frontend = self._spawn(
+            "frontend",
+            "infermesh_frontend",
+            [
+                "--host", self.spec.host, "--port", str(port), "--model-path", str(self.spec.model_path),
+                "--scheduler-addresses", self.scheduler_address, *self.spec.frontend_args,
+            ],
+            log_name=f"frontend-{index}",
+        )
+        self.frontends.append(frontend)
+        address = frontend.wait_listening(self.spec.start_timeout_s)
+        wait_serving(address, self.spec.start_timeout_s)
+        return frontend
+
+    def _spawn(self, name: str, module: str, args: list[str], log_name: str | None = None) -> ServiceProcess:
+        service = ServiceProcess(
+            name=name,
+            args=[sys.executable, "-m", module, *args],
+            env=self.spec.env,
+            log_path=self._log_path(log_name or name),
+        )
+        service.start()
+        return service
+
+    def stop(self) -> None:
+        """Frontends first (no new work), then workers, then the scheduler."""
+        for service in [*self.frontends, *self.workers, self.scheduler]:
+            if service is not None:
+                service.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

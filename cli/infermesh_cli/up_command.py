@@ -1,0 +1,83 @@
+"""`infermesh up`: frontend, scheduler and workers as local processes on one machine."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from infermesh_cli.local_cluster import ClusterSpec, LocalCluster, ServiceStartError
+
+
+def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="start frontend, scheduler and workers locally",
+        description="Starts frontend, scheduler and tp·pp workers as separate local processes and "
+        "stops them all on Ctrl-C or SIGTERM. Without --model-path it serves the built-in demo model.",
+    )
+    parser.add_argument("--model-path", type=Path, help="Hugging Face model directory (default: the demo model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address every service binds to (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=50050, help="frontend gRPC port (default 50050; 0 = any free port)")
+    parser.add_argument("--tp-size", type=int, default=1, help="tensor-parallel workers per pipeline stage")
+    parser.add_argument("--pp-size", type=int, default=1, help="pipeline stages")
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="fp32",
+                        help="weights and KV dtype (default fp32: the fast one on CPU)")
+    parser.add_argument("--log-dir", type=Path, help="where service logs go (default: a new temp dir)")
+    parser.add_argument("--scheduler-arg", action="append", default=[], metavar="ARG",
+                        help="extra scheduler flag, repeatable, e.g. --scheduler-arg=--max-batch-size=64")
+    parser.add_argument("--worker-arg", action="append", default=[], metavar="ARG", help="extra worker flag, repeatable")
+    parser.add_argument("--frontend-arg", action="append", default=[], metavar="ARG", help="extra frontend flag, repeatable")
+    parser.set_defaults(handler=run_up)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    if args.model_path is None:
+        from infermesh_cli.demo_model import ensure_demo_model
+
+        print("preparing the demo model (first use writes it to the cache)...", flush=True)
+        model_path = ensure_demo_model()
+    else:
+        model_path = args.model_path.resolve()
+        if not (model_path / "config.json").is_file():
+            print(f"error: {model_path} has no config.json; --model-path must be a Hugging Face model directory",
+                  file=sys.stderr)
+            return 2
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="infermesh-up-"))
+    spec = ClusterSpec(
+        model_path=model_path,
+        frontend_port=args.port,
+        tp_size=args.tp_size,
+        pp_size=args.pp_size,
+        host=args.host,
+        scheduler_args=["--dtype", args.dtype, *args.scheduler_arg],
+        worker_args=list(args.worker_arg),
+        frontend_args=list(args.frontend_arg),
+        log_dir=log_dir,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster = LocalCluster(spec)
+    print(f"model: {model_path}\nlogs: {log_dir}", flush=True)
+    try:
+        cluster.start()
+    except ServiceStartError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"frontend listening on {cluster.frontend_address}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            dead = [s for s in [cluster.scheduler, *cluster.workers, *cluster.frontends] if s and not s.alive()]
+            if dead:
+                for service in dead:
+                    print(f"error: {service.name} exited unexpectedly:\n{service.output_tail()}", file=sys.stderr)
+                return 1
+    finally:
+        print("stopping...", flush=True)
+        cluster.stop()
+    print("stopped", flush=True)
+    return 0
