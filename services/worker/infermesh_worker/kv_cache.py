@@ -1,0 +1,87 @@
+"""The paged KV cache of this rank's layers, plus the CPU copy used for swapping.
+
+Layout: one tensor [layers_local, 2 (K, V), num_blocks, block_size, kv_heads_local, head_dim], so a
+swap or copy of a set of blocks is one indexing op for all layers at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from infermesh_worker.errors import InvalidArgumentError
+
+DTYPE_SIZES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+
+
+def kv_block_bytes(
+    block_size: int, num_layers: int, num_kv_heads: int, head_dim: int, dtype_size: int
+) -> int:
+    """Bytes one KV block takes on this rank: K and V for every local layer and KV head."""
+    return block_size * 2 * num_layers * num_kv_heads * head_dim * dtype_size
+
+
+class KVCache:
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        num_cpu_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.num_blocks = num_blocks
+        self.num_cpu_blocks = num_cpu_blocks
+        self.block_size = block_size
+        shape = (num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim)
+        self.device_cache = torch.zeros(shape, dtype=dtype, device=device)
+        cpu_shape = (num_layers, 2, num_cpu_blocks, block_size, num_kv_heads, head_dim)
+        pin = device.type == "cuda"
+        self.cpu_cache = torch.zeros(cpu_shape, dtype=dtype, device="cpu", pin_memory=pin)
+
+    def layer(self, index: int) -> torch.Tensor:
+        """[2, num_blocks, block_size, kv_heads, head_dim] view of local layer `index`."""
+        return self.device_cache[index]
+
+    def check_moves(self, kind: str, moves: Sequence[tuple[int, int]]) -> None:
+        src_limit, dst_limit = {
+            "swap_out": (self.num_blocks, self.num_cpu_blocks),
+            "swap_in": (self.num_cpu_blocks, self.num_blocks),
+            "copy": (self.num_blocks, self.num_blocks),
+        }[kind]
+        if moves and kind != "copy" and self.num_cpu_blocks == 0:
+            raise InvalidArgumentError(f"step plan has {kind} moves but the worker has no CPU swap blocks")
+        for src, dst in moves:
+            if src >= src_limit or dst >= dst_limit:
+                raise InvalidArgumentError(
+                    f"{kind} move {src}->{dst} is out of range (source blocks: {src_limit}, "
+                    f"destination blocks: {dst_limit})"
+                )
+
+    def swap_out(self, moves: Sequence[tuple[int, int]]) -> None:
+        """Device blocks -> CPU blocks."""
+        if moves:
+            src, dst = self._indices(moves, self.device_cache.device)
+            self.cpu_cache[:, :, dst.cpu()] = self.device_cache[:, :, src].to("cpu")
+
+    def swap_in(self, moves: Sequence[tuple[int, int]]) -> None:
+        """CPU blocks -> device blocks."""
+        if moves:
+            src, dst = self._indices(moves, self.device_cache.device)
+            self.device_cache[:, :, dst] = self.cpu_cache[:, :, src.cpu()].to(self.device_cache.device)
+
+    def copy(self, moves: Sequence[tuple[int, int]]) -> None:
+        """Device blocks -> device blocks (copy-on-write)."""
+        if moves:
+            src, dst = self._indices(moves, self.device_cache.device)
+            self.device_cache[:, :, dst] = self.device_cache[:, :, src]
+
+    @staticmethod
+    def _indices(moves: Sequence[tuple[int, int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+        src = torch.tensor([m[0] for m in moves], dtype=torch.long, device=device)
+        dst = torch.tensor([m[1] for m in moves], dtype=torch.long, device=device)
+        return src, dst

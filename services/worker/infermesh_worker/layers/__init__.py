@@ -1,0 +1,1 @@
+"""Building blocks of the decoder: parallel linears, embeddings, norms, rotary, attention, sampler."""
