@@ -7,6 +7,7 @@ model.safetensors).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -130,7 +131,9 @@ def build_random_model(
 # --- transformers reference -------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8)
 def _load_reference(model_dir: Path):
+    """The checkpoint loaded by transformers in fp32 (cached: tests ask for many prefixes)."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -145,7 +148,7 @@ def transformers_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: 
     EOS does not stop generation (eos_token_id is cleared and min_new_tokens = max_new_tokens), so
     the caller always gets max_new_tokens ids; a worker driven with ignore_eos behaves the same.
     """
-    model = _load_reference(Path(model_dir))
+    model = _load_reference(Path(model_dir).resolve())
     input_ids = torch.tensor([prompt_ids], dtype=torch.long)
     with torch.no_grad():
         out = model.generate(
@@ -165,7 +168,7 @@ def transformers_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: 
 
 def transformers_last_logits(model_dir: Path, ids: list[int]) -> torch.Tensor:
     """Logits (fp32, shape [vocab]) transformers gives for the token after `ids`."""
-    model = _load_reference(Path(model_dir))
+    model = _load_reference(Path(model_dir).resolve())
     with torch.no_grad():
         logits = model(torch.tensor([ids], dtype=torch.long)).logits
     return logits[0, -1].float()

@@ -1,0 +1,57 @@
+"""Registers this worker with its scheduler, retrying with backoff until it answers."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class RegistrationTimeout(Exception):
+    """The scheduler did not accept the registration in time."""
+
+
+def register_with_scheduler(
+    channel: grpc.Channel,
+    scheduler_address: str,
+    address: str,
+    device: str,
+    worker_name: str,
+    timeout_s: float,
+    stop_requested=lambda: False,
+) -> str:
+    """Calls RegisterWorker until it succeeds; returns the worker id the scheduler gave us."""
+    stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+    request = scheduler_pb2.RegisterWorkerRequest(address=address, device=device, worker_name=worker_name)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    attempt = 0
+    last_error = ""
+    while not stop_requested():
+        attempt += 1
+        try:
+            response = stub.RegisterWorker(request, timeout=10)
+            logger.info("registered with scheduler %s as %s", scheduler_address, response.worker_id)
+            return response.worker_id
+        except grpc.RpcError as exc:
+            last_error = f"{exc.code().name}: {exc.details()}"
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                # The scheduler answered and refused: retrying the same request will not help.
+                raise RegistrationTimeout(
+                    f"scheduler {scheduler_address} refused the registration of {address}: {last_error}"
+                ) from exc
+        if time.monotonic() + delay > deadline:
+            break
+        if attempt == 1 or attempt % 10 == 0:
+            logger.info("scheduler %s not answering yet (%s); retrying", scheduler_address, last_error)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    raise RegistrationTimeout(
+        f"scheduler {scheduler_address} did not accept the registration within {timeout_s:.0f}s "
+        f"({attempt} attempts, last error {last_error}); check --scheduler-address and that the "
+        "scheduler is running"
+    )

@@ -1,0 +1,129 @@
+"""The worker process: gRPC server, registration with the scheduler, clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+import torch
+from infermesh.v1 import worker_pb2, worker_pb2_grpc
+from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
+from infermesh_shared.telemetry import (
+    WorkerMetrics,
+    configure_logging,
+    create_registry,
+    init_tracing,
+    shutdown_tracing,
+    start_metrics_server,
+    sync_server_interceptors,
+    traced_channel,
+)
+
+from infermesh_worker.model_runner import ModelRunner
+from infermesh_worker.registration import RegistrationTimeout, register_with_scheduler
+from infermesh_worker.servicer import WorkerServicer
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda:0 when CUDA is available, else cpu; refuses CUDA on a machine without it."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        device = torch.device("cuda:0" if name == "cuda" else name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} GPUs"
+            )
+        return device
+    return torch.device("cpu")
+
+
+def advertised_host(host: str) -> str:
+    """The host part other processes can dial (a wildcard bind advertises this machine's name)."""
+    return socket.getfqdn() if host in ("0.0.0.0", "::", "[::]", "") else host
+
+
+def run(cfg) -> int:
+    """Serves until SIGTERM/SIGINT; returns the process exit code."""
+    configure_logging(cfg.service_name, cfg.log_level, cfg.log_format, cfg.log_to_file, cfg.log_file)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    init_tracing(cfg.service_name, cfg.tracing_exporter, cfg.otlp_endpoint, cfg.tracing_sample_ratio)
+    metrics = None
+    metrics_server = None
+    if cfg.metrics_port > 0:
+        registry = create_registry()
+        metrics = WorkerMetrics(registry)
+        metrics_server = start_metrics_server(cfg.metrics_port, registry, cfg.host)
+
+    runner = ModelRunner(device, kv_cache_memory_bytes=cfg.kv_cache_memory_bytes)
+    servicer = WorkerServicer(runner, metrics)
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8), interceptors=sync_server_interceptors(), options=options
+    )
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        print(f"Error: cannot bind {cfg.host}:{cfg.port}", file=sys.stderr)
+        return 2
+    server.start()
+    set_serving(health, [SERVICE_NAME], True)
+    address = f"{advertised_host(cfg.host)}:{port}"
+    print(f"worker listening on {cfg.host}:{port}", flush=True)
+
+    stop = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        logger.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    exit_code = 0
+    channel = traced_channel(grpc.insecure_channel(cfg.scheduler_address))
+    try:
+        register_with_scheduler(
+            channel,
+            cfg.scheduler_address,
+            address,
+            str(device),
+            cfg.worker_name or address,
+            cfg.register_timeout_ms / 1000.0,
+            stop_requested=stop.is_set,
+        )
+    except RegistrationTimeout as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        exit_code = 1
+        stop.set()
+    stop.wait()
+    set_serving(health, [SERVICE_NAME], False)
+    server.stop(grace=2).wait()
+    servicer.close()
+    channel.close()
+    if metrics_server is not None:
+        metrics_server.stop()
+    shutdown_tracing()
+    return exit_code

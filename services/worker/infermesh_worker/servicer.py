@@ -1,0 +1,105 @@
+"""WorkerService over gRPC: turns requests into ModelRunner calls on one dedicated torch thread."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from infermesh.v1 import worker_pb2, worker_pb2_grpc
+from infermesh_shared.telemetry import WorkerMetrics
+
+from infermesh_worker.errors import WorkerError
+from infermesh_worker.model_runner import LoadSpec, ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    """All torch work runs on one thread, in arrival order, so steps never overlap and every rank
+    issues its collectives in the same order."""
+
+    def __init__(self, runner: ModelRunner, metrics: WorkerMetrics | None = None) -> None:
+        self.runner = runner
+        self.metrics = metrics
+        self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+
+    def close(self) -> None:
+        self._torch_thread.submit(self.runner.shutdown).result()
+        self._torch_thread.shutdown(wait=True)
+
+    def _call(self, context: grpc.ServicerContext, what: str, fn, *args) -> Any:
+        try:
+            return self._torch_thread.submit(fn, *args).result()
+        except WorkerError as exc:
+            logger.warning("%s failed: %s", what, exc)
+            context.abort(exc.code, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any torch failure becomes INTERNAL with its text
+            logger.exception("%s failed", what)
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"{what} failed on this worker: {type(exc).__name__}: {exc}"
+            )
+
+    def LoadModel(self, request: worker_pb2.LoadModelRequest, context) -> worker_pb2.LoadModelResponse:
+        spec = LoadSpec(
+            model_path=request.model_path,
+            dtype=request.dtype or "fp32",
+            tp_size=request.tp_size or 1,
+            tp_rank=request.tp_rank,
+            pp_size=request.pp_size or 1,
+            pp_rank=request.pp_rank,
+            dist_init_method=request.dist_init_method,
+            dist_backend=request.dist_backend or "gloo",
+            block_size=request.block_size or 16,
+            max_model_len=request.max_model_len,
+            gpu_memory_utilization=request.gpu_memory_utilization or 0.9,
+            config_overrides_json=request.config_overrides_json,
+        )
+        logger.info(
+            "loading %s (dtype=%s tp=%d/%d pp=%d/%d)",
+            spec.model_path,
+            spec.dtype,
+            spec.tp_rank,
+            spec.tp_size,
+            spec.pp_rank,
+            spec.pp_size,
+        )
+        result = self._call(context, "LoadModel", self.runner.load_model, spec)
+        logger.info("model loaded: %d KV blocks of %d bytes fit", result.max_num_blocks, result.block_bytes)
+        return worker_pb2.LoadModelResponse(
+            max_num_blocks=result.max_num_blocks, block_bytes=result.block_bytes
+        )
+
+    def InitKVCache(self, request: worker_pb2.InitKVCacheRequest, context) -> worker_pb2.InitKVCacheResponse:
+        self._call(
+            context, "InitKVCache", self.runner.init_kv_cache, request.num_blocks, request.num_cpu_blocks
+        )
+        logger.info(
+            "KV cache ready: %d device blocks, %d CPU blocks", request.num_blocks, request.num_cpu_blocks
+        )
+        return worker_pb2.InitKVCacheResponse()
+
+    def Execute(self, request: worker_pb2.ExecuteRequest, context) -> worker_pb2.ExecuteResponse:
+        start = time.perf_counter()
+        result = self._call(context, "Execute", self.runner.execute, request.plan)
+        if self.metrics is not None:
+            self.metrics.step_seconds.observe(time.perf_counter() - start)
+            plan = request.plan
+            computed = sum(s.num_scheduled_tokens for s in plan.new_sequences) + sum(
+                s.num_scheduled_tokens for s in plan.running_sequences
+            )
+            self.metrics.step_tokens.inc(computed)
+        return worker_pb2.ExecuteResponse(
+            step_id=result.step_id,
+            tokens=[
+                worker_pb2.SampledToken(seq_id=t.seq_id, token_id=t.token_id, logprob=t.logprob)
+                for t in result.tokens
+            ],
+            compute_time_us=result.compute_time_us,
+        )
+
+    def Reset(self, request: worker_pb2.ResetRequest, context) -> worker_pb2.ResetResponse:
+        self._call(context, "Reset", self.runner.reset)
+        return worker_pb2.ResetResponse()
