@@ -124,8 +124,43 @@ def build_random_model(
 
 
 # --- tokenizer -------------------------------------------------------------------------------
-# The frontend engineer adds `write_test_tokenizer(out_dir, vocab_size)` here; it writes
-# tokenizer.json / tokenizer_config.json next to the weights built above.
+
+
+def write_test_tokenizer(model_dir: Path, vocab_size: int | None = None) -> dict[str, int]:
+    """Writes the demo byte-level BPE tokenizer (tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json) into `model_dir`; returns {"bos_token_id", "eos_token_id", "vocab_size"}.
+
+    `vocab_size` defaults to the model's (config.json); it must be >= 259 (3 specials + 256
+    bytes) and <= the model's vocab_size. When config.json / generation_config.json exist, their
+    bos/eos ids are set to the tokenizer's so EOS means the same thing to frontend and model.
+    """
+    from infermesh_cli.demo_tokenizer import build_demo_tokenizer, write_tokenizer_files
+
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    model_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    model_vocab = model_config.get("vocab_size")
+    if vocab_size is None:
+        if model_vocab is None:
+            raise ValueError(f"give vocab_size: {config_path} does not exist or has no vocab_size")
+        vocab_size = model_vocab
+    if model_vocab is not None and vocab_size > model_vocab:
+        raise ValueError(f"tokenizer vocab_size {vocab_size} exceeds the model's vocab_size {model_vocab}")
+    tokenizer = build_demo_tokenizer(vocab_size)
+    write_tokenizer_files(model_dir, tokenizer)
+    ids = {
+        "bos_token_id": tokenizer.token_to_id("<s>"),
+        "eos_token_id": tokenizer.token_to_id("</s>"),
+        "vocab_size": tokenizer.get_vocab_size(),
+    }
+    for name in ("config.json", "generation_config.json"):
+        path = model_dir / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            data["bos_token_id"] = ids["bos_token_id"]
+            data["eos_token_id"] = ids["eos_token_id"]
+            path.write_text(json.dumps(data, indent=2))
+    return ids
 
 
 # --- transformers reference -------------------------------------------------------------------
