@@ -1,0 +1,90 @@
+"""/metrics serves each service's own registry on a port the caller can learn."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import pytest
+from infermesh_shared.telemetry import (
+    RequestMetrics,
+    SchedulerMetrics,
+    WorkerMetrics,
+    create_registry,
+    start_metrics_server,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_two_services_serve_their_own_counters() -> None:
+    front_registry, sched_registry = create_registry(), create_registry()
+    front, sched = RequestMetrics(front_registry), RequestMetrics(sched_registry)
+    state = SchedulerMetrics(sched_registry)
+    front_server = start_metrics_server(0, front_registry)
+    sched_server = start_metrics_server(0, sched_registry)
+    try:
+        assert front_server.port != sched_server.port and front_server.port > 0
+        for _ in range(3):
+            front.request_ended(grpc.StatusCode.OK)
+            front.time_to_first_token.observe(0.02)
+        front.request_ended(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        sched.request_ended(grpc.StatusCode.OK)
+        state.requests_waiting.set(4)
+        state.prefix_cache_queries.inc(32)
+        state.prefix_cache_hits.inc(16)
+        state.preemptions.inc()
+
+        front_samples = _scrape(front_server.url)
+        assert front_samples[("infermesh_requests_total", (("status", "ok"),))] == 3
+        assert front_samples[("infermesh_requests_total", (("status", "resource_exhausted"),))] == 1
+        assert front_samples[("infermesh_time_to_first_token_seconds_count", ())] == 3
+        assert front_samples[("infermesh_time_to_first_token_seconds_bucket", (("le", "0.01"),))] == 0
+        assert front_samples[("infermesh_time_to_first_token_seconds_bucket", (("le", "0.04"),))] == 3
+        assert ("infermesh_requests_waiting", ()) not in front_samples
+        assert ("process_cpu_seconds_total", ()) in front_samples
+
+        sched_samples = _scrape(sched_server.url)
+        assert sched_samples[("infermesh_requests_total", (("status", "ok"),))] == 1
+        assert sched_samples[("infermesh_requests_waiting", ())] == 4
+        assert sched_samples[("infermesh_prefix_cache_queries_total", ())] == 32
+        assert sched_samples[("infermesh_prefix_cache_hits_total", ())] == 16
+        assert sched_samples[("infermesh_preemptions_total", ())] == 1
+    finally:
+        front_server.stop()
+        sched_server.stop()
+
+
+def test_worker_step_histogram() -> None:
+    registry = create_registry()
+    metrics = WorkerMetrics(registry)
+    server = start_metrics_server(0, registry)
+    try:
+        metrics.step_seconds.observe(0.003)
+        metrics.step_tokens.inc(17)
+        samples = _scrape(server.url)
+        assert samples[("infermesh_worker_step_seconds_count", ())] == 1
+        assert samples[("infermesh_worker_step_tokens_total", ())] == 17
+    finally:
+        server.stop()
+
+
+def test_taken_port_and_bad_port_are_refused() -> None:
+    registry = create_registry()
+    server = start_metrics_server(0, registry)
+    try:
+        with pytest.raises(OSError):
+            start_metrics_server(server.port, create_registry())
+        with pytest.raises(ValueError, match="0..65535"):
+            start_metrics_server(70000, registry)
+    finally:
+        server.stop()
