@@ -18,7 +18,11 @@ DTYPE_SIZES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 def kv_block_bytes(
     block_size: int, num_layers: int, num_kv_heads: int, head_dim: int, dtype_size: int
 ) -> int:
-    """Bytes one KV block takes on this rank: K and V for every local layer and KV head."""
+    """Bytes one KV block takes on this rank: K and V for every local layer and KV head.
+
+    Same arithmetic as infermesh_shared.config.kv_sizing.kv_block_bytes (which the scheduler uses),
+    but over this rank's actual layer count: stages may differ by one layer.
+    """
     return block_size * 2 * num_layers * num_kv_heads * head_dim * dtype_size
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from infermesh.v1 import worker_pb2
+from infermesh_shared.config.kv_sizing import blocks_for_budget, gpu_kv_budget_bytes
 
 from infermesh_worker.attention_metadata import ScheduledChunk, build_attention_metadata
 from infermesh_worker.checkpoint_reader import CheckpointReader
@@ -142,10 +143,12 @@ class ModelRunner:
     def _blocks_that_fit(self, spec: LoadSpec) -> int:
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
-            budget = int(total * spec.gpu_memory_utilization) - (total - free)
+            budget = gpu_kv_budget_bytes(total, total - free, spec.gpu_memory_utilization)
+            if self.kv_cache_memory_bytes:
+                budget = min(budget, self.kv_cache_memory_bytes)
         else:
             budget = self.kv_cache_memory_bytes
-        return max(0, budget // self.block_bytes) if self.block_bytes else 0
+        return blocks_for_budget(budget, self.block_bytes)
 
     def init_kv_cache(self, num_blocks: int, num_cpu_blocks: int) -> None:
         if self.model is None:

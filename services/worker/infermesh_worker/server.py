@@ -63,6 +63,12 @@ def run(cfg) -> int:
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
+    if device.type == "cpu" and cfg.kv_cache_memory_bytes == 0:
+        print(
+            "Error: kv_cache_memory_bytes = 0 on CPU leaves no room for a KV cache; give a budget in bytes",
+            file=sys.stderr,
+        )
+        return 2
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     init_tracing(cfg.service_name, cfg.tracing_exporter, cfg.otlp_endpoint, cfg.tracing_sample_ratio)
