@@ -1,0 +1,38 @@
+"""`infermesh-scheduler`: reads the config and the model metadata, then serves until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from infermesh_shared.config import load_config
+from infermesh_shared.config.model_metadata import ModelMetadataError, read_model_metadata
+from infermesh_shared.telemetry.structured_logging import configure_logging
+
+from infermesh_scheduler.server import StartupError, serve
+
+logger = logging.getLogger("infermesh_scheduler")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    cfg = load_config("scheduler", sys.argv[1:] if argv is None else argv)
+    configure_logging(cfg.service_name, cfg.log_level, cfg.log_format, cfg.log_to_file, cfg.log_file)
+    for note in cfg.notes:
+        logger.info("config: %s", note)
+    try:
+        metadata = cfg.model_metadata or read_model_metadata(cfg.model_path, cfg.custom_config)
+    except ModelMetadataError as err:
+        print(f"Error: Model metadata read failed\n  Caused by: {err}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(cfg, metadata))
+    except StartupError as err:
+        print(f"Error: scheduler cannot start\n  Caused by: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""The engine loop: schedule a step, run it on the worker group, route the tokens to streams.
+
+Every change to the core Scheduler happens on the event loop. Aborts apply at once (the core
+ignores the in-flight step's token for an ended sequence); resets after a worker failure and
+failing requests when the group is down are applied between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from infermesh_scheduler.core.errors import InvalidRequestError, QueueFullError
+from infermesh_scheduler.core.request import RequestOutput, RequestSpec
+from infermesh_scheduler.core.scheduler import Scheduler
+from infermesh_scheduler.core.step_plan import StepPlan
+from infermesh_scheduler.plan_codec import plan_to_proto, tokens_from_proto
+from infermesh_scheduler.request_stream import RequestStream
+from infermesh_scheduler.submit_validation import SubmitRejected
+from infermesh_scheduler.worker_group import GroupState, WorkerGroup, WorkerGroupFailure
+
+logger = logging.getLogger(__name__)
+
+# While requests wait for the group to come back, deadlines are still checked this often (s).
+_DEADLINE_POLL_S = 0.05
+# Health (queue depth) is re-evaluated at most this often while steps run (s).
+_LOAD_REPORT_INTERVAL_S = 0.02
+
+
+@dataclass(slots=True, frozen=True)
+class EngineSettings:
+    """The engine loop's share of the scheduler config."""
+
+    idle_sleep_s: float
+    group_recovery_timeout_s: float
+
+
+def status_of_error(error: object) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status of a core output's error (a code name and a message)."""
+    code_name, message = error.code, error.message  # type: ignore[attr-defined]
+    code = getattr(grpc.StatusCode, str(code_name).upper(), grpc.StatusCode.INTERNAL)
+    return code, message
+
+
+class EngineLoop:
+    """Owns the core Scheduler (once the worker group exists) and every live request's stream."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        group: WorkerGroup,
+        scheduler_factory: Callable[[int, int], Scheduler],
+        on_load_change: Callable[[], None],
+    ) -> None:
+        self._settings = settings
+        self._group = group
+        self._scheduler_factory = scheduler_factory
+        self._on_load_change = on_load_change
+        self._scheduler: Scheduler | None = None
+        self._streams: dict[str, RequestStream] = {}
+        self._wake = asyncio.Event()
+        self._scheduler_ready = asyncio.Event()
+        # Replaced after each set so that every waiter of the old one wakes exactly once.
+        self._room = asyncio.Event()
+        self._last_load_report = 0.0
+        self._resets_seen = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # ----- wiring with the worker group -------------------------------------------------
+    def on_group_ready(self, num_blocks: int, num_cpu_blocks: int) -> None:
+        """Called by the worker group when it is whole and its KV cache is allocated."""
+        if self._scheduler is None:
+            self._scheduler = self._scheduler_factory(num_blocks, num_cpu_blocks)
+            self._scheduler_ready.set()
+            logger.info("core scheduler built: %d KV blocks, %d CPU blocks", num_blocks, num_cpu_blocks)
+        self._wake.set()
+
+    def on_group_changed(self) -> None:
+        """Called by the worker group on any state change (broken, down, ready)."""
+        self._wake.set()
+        self._on_load_change()
+
+    # ----- API for the servicer ---------------------------------------------------------
+    @property
+    def scheduler(self) -> Scheduler | None:
+        """The core scheduler, None until the worker group formed the first time."""
+        return self._scheduler
+
+    def start(self) -> None:
+        """Starts the loop task."""
+        self._task = asyncio.create_task(self._run(), name="engine-loop")
+
+    async def stop(self) -> None:
+        """Stops the loop task and ends every live stream with UNAVAILABLE."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._fail_all(
+            grpc.StatusCode.UNAVAILABLE, "the scheduler is shutting down; retry on another replica"
+        )
+
+    def is_live(self, request_id: str) -> bool:
+        """True while a request with that id is being served."""
+        return request_id in self._streams
+
+    async def submit(self, spec: RequestSpec, non_blocking: bool, deadline: float | None) -> RequestStream:
+        """Admits `spec` and returns its stream; raises SubmitRejected with the status to answer.
+
+        `deadline` is a time.monotonic() value after which waiting for admission gives up.
+        """
+        if spec.request_id in self._streams:
+            raise SubmitRejected(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id {spec.request_id!r} is already live: "
+                "use a new id or Abort the old request first",
+            )
+        stream = RequestStream(spec.request_id)
+        self._streams[spec.request_id] = stream
+        try:
+            scheduler = await self._wait_for_scheduler(deadline)
+            while True:
+                if self._group.state is GroupState.DOWN:
+                    raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
+                if self._streams.get(spec.request_id) is not stream:
+                    raise SubmitRejected(
+                        grpc.StatusCode.CANCELLED, "the request was aborted before it was queued"
+                    )
+                try:
+                    outputs = scheduler.add_request(spec)
+                    break
+                except QueueFullError as full:
+                    if full.policy != "block" or non_blocking:
+                        raise SubmitRejected(grpc.StatusCode.RESOURCE_EXHAUSTED, full.message) from None
+                await self._wait_for_room(deadline)
+        except BaseException as err:
+            if self._streams.get(spec.request_id) is stream:
+                del self._streams[spec.request_id]
+            if isinstance(err, InvalidRequestError):
+                raise SubmitRejected(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
+            raise
+        # Observability hook: request queued (span event "queued").
+        self._route(outputs)
+        self._wake.set()
+        self._on_load_change()
+        return stream
+
+    def abort(self, request_id: str) -> bool:
+        """Ends a live request and frees its blocks at once (a step in flight ignores it)."""
+        if request_id not in self._streams:
+            return False
+        self._abort_now(request_id)
+        self._wake.set()
+        return True
+
+    # ----- internals --------------------------------------------------------------------
+    async def _wait_for_scheduler(self, deadline: float | None) -> Scheduler:
+        if self._scheduler is not None:
+            return self._scheduler
+        timeout = self._settings.group_recovery_timeout_s
+        deadline_first = deadline is not None and deadline - time.monotonic() < timeout
+        if deadline_first:
+            timeout = max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(self._scheduler_ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            if deadline_first:
+                raise SubmitRejected(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "the request's deadline passed while the scheduler waited for its worker group to start",
+                ) from None
+            raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message()) from None
+        assert self._scheduler is not None
+        return self._scheduler
+
+    async def _wait_for_room(self, deadline: float | None) -> None:
+        room = self._room
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(room.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise SubmitRejected(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the request's deadline passed while it waited for room in the full queue "
+                "(queue_overflow_policy=block)",
+            ) from None
+
+    def _signal_room(self) -> None:
+        room, self._room = self._room, asyncio.Event()
+        room.set()
+
+    def _abort_now(self, request_id: str) -> None:
+        if self._scheduler is not None:
+            self._route(self._scheduler.abort_request(request_id))
+        stream = self._streams.pop(request_id, None)
+        if stream is not None and not stream.closed:
+            # The core did not answer with a last output (e.g. it never saw the request).
+            stream.fail(grpc.StatusCode.CANCELLED, f"request {request_id!r} was aborted")
+        self._signal_room()
+        self._on_load_change()
+
+    def _route(self, outputs: Iterable[RequestOutput]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is None:
+                continue
+            if output.error is not None:
+                code, message = status_of_error(output.error)
+                stream.fail(code, message)
+            else:
+                stream.push(output)
+            if stream.closed:
+                del self._streams[output.request_id]
+                # Observability hook: request finished (end of the request span).
+
+    def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
+        for request_id in list(self._streams):
+            if self._scheduler is not None:
+                self._scheduler.abort_request(request_id)  # frees blocks; its outputs are replaced by `code`
+            stream = self._streams.pop(request_id)
+            if not stream.closed:
+                stream.fail(code, message)
+        self._signal_room()
+        self._on_load_change()
+
+    def _between_steps(self) -> None:
+        """Applies what must not happen while a plan runs: resets, group-down failures, deadlines."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        if self._group.failures != self._resets_seen:
+            self._resets_seen = self._group.failures
+            scheduler.reset_worker_state()
+            logger.warning("worker group lost its KV cache: every live sequence will be recomputed")
+        if self._group.state is GroupState.DOWN and self._streams:
+            self._fail_all(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
+        expired = scheduler.expire_deadlines(time.time())
+        if expired:
+            self._route(expired)
+            self._signal_room()
+
+    async def _sleep_until_woken(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._iteration()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # a bug must not silently kill the loop: fail loudly, go on
+                logger.exception("engine loop error; failing live requests and rebuilding worker state")
+                self._fail_all(
+                    grpc.StatusCode.INTERNAL, f"scheduler internal error: {err!r}; retry the request"
+                )
+                if self._scheduler is not None:
+                    self._scheduler = self._scheduler_factory(
+                        self._group.num_blocks, self._group.num_cpu_blocks
+                    )
+                self._group.report_failure(f"engine loop error {err!r}")
+
+    async def _iteration(self) -> None:
+        self._between_steps()
+        scheduler = self._scheduler
+        if scheduler is None or self._group.state is not GroupState.READY:
+            await self._sleep_until_woken(_DEADLINE_POLL_S if self._streams else None)
+            return
+        if not scheduler.has_work():
+            self._on_load_change()
+            await self._sleep_until_woken(None)
+            return
+        plan = scheduler.schedule()
+        if plan.is_empty():
+            # Work exists but nothing fits this step (e.g. no free block): wait for a change.
+            scheduler.update(plan, [])
+            await self._sleep_until_woken(self._settings.idle_sleep_s)
+            return
+        await self._step(scheduler, plan)
+
+    async def _step(self, scheduler: Scheduler, plan: StepPlan) -> None:
+        # Observability hook: one span per engine step; Execute calls are its children.
+        started = time.perf_counter()
+        try:
+            sampled = tokens_from_proto(await self._group.execute(plan_to_proto(plan)))
+        except WorkerGroupFailure as failure:
+            logger.warning("step %d not run: %s", plan.step_id, failure)
+            scheduler.reset_worker_state()
+            self._resets_seen = self._group.failures
+            return
+        outputs = scheduler.update(plan, sampled)
+        scheduler.record_step_time(plan, time.perf_counter() - started)
+        self._route(outputs)
+        if any(o.finish_reason is not None or o.error is not None for o in outputs):
+            self._signal_room()
+        if started - self._last_load_report > _LOAD_REPORT_INTERVAL_S:
+            self._last_load_report = started
+            self._on_load_change()

@@ -1,0 +1,49 @@
+"""The served model's description, from config.json metadata and the scheduler config."""
+
+from __future__ import annotations
+
+import os
+
+from infermesh.v1 import common_pb2
+from infermesh_shared.config.model_metadata import ModelMetadata
+
+
+class MaxModelLenError(ValueError):
+    """max_model_len asks for more positions than the model has."""
+
+
+def resolve_max_model_len(configured: int, metadata: ModelMetadata) -> int:
+    """max_model_len to serve: the configured one, or the model's max_position_embeddings when 0."""
+    if configured == 0:
+        return metadata.max_position_embeddings
+    if configured > metadata.max_position_embeddings:
+        raise MaxModelLenError(
+            f"max_model_len {configured} exceeds the model's max_position_embeddings "
+            f"{metadata.max_position_embeddings}: lower max_model_len (or 0 to use the model's)"
+        )
+    return configured
+
+
+def build_model_info(
+    model_path: str,
+    metadata: ModelMetadata,
+    max_model_len: int,
+    block_size: int,
+    total_blocks: int,
+    tp_size: int,
+    pp_size: int,
+    dtype: str,
+) -> common_pb2.ModelInfo:
+    """ModelInfo as GetModelInfo serves it."""
+    return common_pb2.ModelInfo(
+        model_name=os.path.basename(os.path.normpath(model_path)),
+        architecture=metadata.architecture,
+        vocab_size=metadata.vocab_size,
+        max_model_len=max_model_len,
+        eos_token_ids=metadata.eos_token_ids,
+        block_size=block_size,
+        total_blocks=total_blocks,
+        tp_size=tp_size,
+        pp_size=pp_size,
+        dtype=dtype,
+    )

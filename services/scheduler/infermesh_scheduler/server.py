@@ -1,0 +1,154 @@
+"""Assembles the scheduler service: gRPC server, worker group, engine loop, health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
+from infermesh_shared.config.model_metadata import ModelMetadata
+from infermesh_shared.grpc_server import add_health_and_reflection
+
+from infermesh_scheduler.core.config import SchedulerCoreConfig
+from infermesh_scheduler.core.scheduler import Scheduler
+from infermesh_scheduler.engine_loop import EngineLoop, EngineSettings
+from infermesh_scheduler.model_info import build_model_info, resolve_max_model_len
+from infermesh_scheduler.servicer import SchedulerServicer
+from infermesh_scheduler.serving_health import ServingHealth
+from infermesh_scheduler.submit_validation import ModelLimits
+from infermesh_scheduler.worker_endpoint import listen_address
+from infermesh_scheduler.worker_group import WorkerGroup, WorkerGroupSettings
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
+_SHUTDOWN_GRACE_S = 2.0
+
+
+class StartupError(Exception):
+    """The service cannot start as configured; the message says what to change."""
+
+
+def group_settings(cfg: Any, max_model_len: int) -> WorkerGroupSettings:
+    """The worker group's settings from the scheduler config."""
+    return WorkerGroupSettings(
+        tp_size=cfg.tp_size,
+        pp_size=cfg.pp_size,
+        model_path=cfg.model_path,
+        dtype=cfg.dtype,
+        block_size=cfg.block_size,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        config_overrides_json=cfg.custom_config or "",
+        dist_backend=cfg.dist_backend,
+        total_blocks=cfg.total_blocks,
+        enable_swap=cfg.enable_swap,
+        num_cpu_blocks=cfg.num_cpu_blocks,
+        worker_timeout_s=cfg.worker_timeout_ms / 1000.0,
+        recovery_timeout_s=cfg.group_recovery_timeout_ms / 1000.0,
+    )
+
+
+async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = None) -> None:
+    """Runs the scheduler until SIGTERM/SIGINT (or `stop` is set)."""
+    try:
+        max_model_len = resolve_max_model_len(cfg.max_model_len, metadata)
+    except ValueError as err:
+        raise StartupError(str(err)) from None
+    if cfg.num_workers < cfg.tp_size * cfg.pp_size:
+        raise StartupError(
+            f"num_workers ({cfg.num_workers}) must be >= tp_size * pp_size ({cfg.tp_size * cfg.pp_size})"
+        )
+
+    def build_scheduler(num_blocks: int, num_cpu_blocks: int) -> Scheduler:
+        return Scheduler(SchedulerCoreConfig.from_settings(cfg, metadata, num_blocks, num_cpu_blocks))
+
+    group = WorkerGroup(
+        group_settings(cfg, max_model_len),
+        on_ready=lambda num_blocks, num_cpu_blocks: engine.on_group_ready(num_blocks, num_cpu_blocks),
+        on_change=lambda: engine.on_group_changed(),
+    )
+    server = grpc.aio.server(
+        migration_thread_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
+        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
+
+    def num_waiting() -> int:
+        scheduler = engine.scheduler
+        return 0 if scheduler is None else scheduler.load().num_waiting
+
+    health = ServingHealth(
+        health_servicer, [SERVICE_NAME], cfg.max_queue_size, lambda: group.is_ready, num_waiting
+    )
+    engine = EngineLoop(
+        EngineSettings(
+            idle_sleep_s=cfg.idle_sleep_ms / 1000.0,
+            group_recovery_timeout_s=cfg.group_recovery_timeout_ms / 1000.0,
+        ),
+        group,
+        build_scheduler,
+        on_load_change=health.refresh,
+    )
+    model_info = build_model_info(
+        cfg.model_path,
+        metadata,
+        max_model_len,
+        cfg.block_size,
+        cfg.total_blocks,
+        cfg.tp_size,
+        cfg.pp_size,
+        cfg.dtype,
+    )
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
+        SchedulerServicer(
+            engine,
+            group,
+            health,
+            ModelLimits(metadata.vocab_size, max_model_len),
+            cfg.default_priority,
+            model_info,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: is the port in use?")
+    if cfg.worker_endpoint:
+        worker_address = listen_address(cfg.worker_endpoint)
+        if server.add_insecure_port(worker_address) == 0:
+            raise StartupError(f"cannot listen on worker_endpoint {cfg.worker_endpoint} ({worker_address})")
+        logger.info("workers may also register on %s", worker_address)
+    await server.start()
+    group.start()
+    engine.start()
+    # The launcher and the tests parse this exact line to learn the bound port.
+    print(f"scheduler listening on {cfg.host}:{port}", flush=True)
+    logger.info(
+        "scheduler listening on %s:%d: model %s (%s, vocab %d, max_model_len %d), waiting for %d worker(s) "
+        "(tp_size=%d pp_size=%d)",
+        cfg.host,
+        port,
+        model_info.model_name,
+        metadata.architecture,
+        metadata.vocab_size,
+        max_model_len,
+        cfg.tp_size * cfg.pp_size,
+        cfg.tp_size,
+        cfg.pp_size,
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        logger.info("scheduler shutting down")
+        await engine.stop()
+        await server.stop(_SHUTDOWN_GRACE_S)
+        await group.stop()

@@ -1,0 +1,124 @@
+"""SchedulerService RPCs: admission and streaming for frontends, registration for workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+from infermesh_scheduler.engine_loop import EngineLoop
+from infermesh_scheduler.request_codec import response_from_output, spec_from_submit
+from infermesh_scheduler.request_stream import StreamError
+from infermesh_scheduler.serving_health import ServingHealth
+from infermesh_scheduler.submit_validation import ModelLimits, SubmitRejected, validate_submit
+from infermesh_scheduler.worker_group import WorkerGroup
+
+logger = logging.getLogger(__name__)
+
+_LOAD_FIELDS = frozenset(scheduler_pb2.GetLoadResponse.DESCRIPTOR.fields_by_name)
+
+
+def _monotonic_deadline(deadline_unix_ms: int) -> float | None:
+    if not deadline_unix_ms:
+        return None
+    return time.monotonic() + (deadline_unix_ms / 1000.0 - time.time())
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    """Turns RPCs into calls on the engine loop and the worker group."""
+
+    def __init__(
+        self,
+        engine: EngineLoop,
+        group: WorkerGroup,
+        health: ServingHealth,
+        limits: ModelLimits,
+        default_priority: int,
+        model_info: common_pb2.ModelInfo,
+    ) -> None:
+        self._engine = engine
+        self._group = group
+        self._health = health
+        self._limits = limits
+        self._default_priority = default_priority
+        self._model_info = model_info
+
+    async def Submit(
+        self, request: scheduler_pb2.SubmitRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.SubmitResponse]:
+        try:
+            validate_submit(request, self._limits)
+            deadline = _monotonic_deadline(request.deadline_unix_ms)
+            if deadline is not None and deadline <= time.monotonic():
+                raise SubmitRejected(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "deadline_unix_ms is already in the past when the request arrived",
+                )
+            spec = spec_from_submit(request, self._default_priority)
+            stream = await self._engine.submit(spec, request.non_blocking, deadline)
+        except SubmitRejected as rejected:
+            logger.info(
+                "request %s refused: %s: %s", request.request_id, rejected.code.name, rejected.message
+            )
+            await context.abort(rejected.code, rejected.message)
+            return
+        try:
+            while True:
+                item = await stream.get()
+                if isinstance(item, StreamError):
+                    await context.abort(item.code, item.message)
+                    return
+                response = response_from_output(item)
+                if response is not None:
+                    yield response
+                if item.usage is not None:
+                    return
+        finally:
+            if not stream.closed:
+                # The client went away (cancelled RPC): free the request's blocks now.
+                logger.info("request %s: client went away, aborting", request.request_id)
+                self._engine.abort(request.request_id)
+
+    async def Abort(
+        self, request: scheduler_pb2.AbortRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.AbortResponse:
+        return scheduler_pb2.AbortResponse(found=self._engine.abort(request.request_id))
+
+    async def GetLoad(
+        self, request: scheduler_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.GetLoadResponse:
+        response = scheduler_pb2.GetLoadResponse(serving=self._health.serving())
+        scheduler = self._engine.scheduler
+        if scheduler is not None:
+            snapshot = scheduler.load()
+            for f in dataclasses.fields(snapshot):
+                if f.name in _LOAD_FIELDS and f.name != "serving":
+                    value = getattr(snapshot, f.name)
+                    if f.name == "cached_prefix_hashes":
+                        response.cached_prefix_hashes.extend(value)
+                    else:
+                        setattr(response, f.name, value)
+        return response
+
+    async def GetModelInfo(
+        self, request: scheduler_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.GetModelInfoResponse:
+        info = scheduler_pb2.GetModelInfoResponse(model=self._model_info)
+        if self._group.num_blocks:
+            info.model.total_blocks = self._group.num_blocks
+        return info
+
+    async def RegisterWorker(
+        self, request: scheduler_pb2.RegisterWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.RegisterWorkerResponse:
+        if not request.address:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "address is empty: send the host:port where this worker serves WorkerService",
+            )
+        worker_id = self._group.register(request.address, request.device or "cpu", request.worker_name)
+        return scheduler_pb2.RegisterWorkerResponse(worker_id=worker_id)

@@ -1,0 +1,444 @@
+"""The worker group: registration, rank assignment, model loading, step fan-out, failure recovery.
+
+Recovery protocol: when any member fails (an RPC error or timeout, or a missed liveness probe),
+the group becomes RECOVERING, every member is probed, members that do not answer are dropped,
+and as soon as tp_size*pp_size live workers are registered the group is formed again from
+scratch: every member gets Reset (if it was loaded before), then LoadModel with its new rank and
+a fresh rendezvous port (so all members join a new torch.distributed group), then InitKVCache
+with the same pool size as before. The engine loop resets the core so every live sequence is
+re-sent in full and recomputed. If the group is not whole within group_recovery_timeout_ms it
+becomes DOWN: live requests end with UNAVAILABLE and new ones are refused until it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from infermesh.v1 import worker_pb2, worker_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+]
+
+
+class GroupState(Enum):
+    """Where the worker group is in its life."""
+
+    WAITING_FOR_WORKERS = "waiting_for_workers"  # never formed yet
+    FORMING = "forming"
+    READY = "ready"
+    RECOVERING = "recovering"  # a member failed; waiting (group_recovery_timeout_ms) for it to be whole
+    DOWN = "down"  # recovery timed out; requests are refused until the group is whole again
+    MISCONFIGURED = "misconfigured"  # the workers cannot hold what the config asks for
+
+
+class WorkerGroupFailure(Exception):
+    """A step could not run because the group is not ready or a member failed."""
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerGroupSettings:
+    """What the group needs from the scheduler config and the model metadata."""
+
+    tp_size: int
+    pp_size: int
+    model_path: str
+    dtype: str
+    block_size: int
+    max_model_len: int
+    gpu_memory_utilization: float
+    config_overrides_json: str
+    dist_backend: str  # auto, gloo or nccl
+    total_blocks: int  # 0: size the pool from the workers
+    enable_swap: bool
+    num_cpu_blocks: (
+        int  # CPU swap blocks; 0 = as many as device blocks (config derives it from swap_space_gb)
+    )
+    worker_timeout_s: float
+    recovery_timeout_s: float
+
+    @property
+    def world_size(self) -> int:
+        return self.tp_size * self.pp_size
+
+
+@dataclass(slots=True)
+class WorkerHandle:
+    """One registered worker process and the channel to it."""
+
+    worker_id: str
+    name: str
+    address: str
+    device: str
+    channel: grpc.aio.Channel
+    stub: worker_pb2_grpc.WorkerServiceStub
+    health: health_pb2_grpc.HealthStub
+    loaded: bool = False  # LoadModel succeeded at least once (Reset is needed before re-forming)
+
+
+def rendezvous_host(address: str) -> str:
+    """The host part of a worker's gRPC address, for the torch.distributed rendezvous."""
+    if address.startswith("unix:") or address.startswith("unix-abstract:"):
+        return "127.0.0.1"
+    address = address.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    host = address.rpartition(":")[0] or address
+    return host.strip("[]") or "127.0.0.1"
+
+
+def free_tcp_port() -> int:
+    """A TCP port free on this machine now (for the rendezvous of a new process group)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class WorkerGroup:
+    """Registered workers, the tp_size*pp_size of them that form the group, and their state."""
+
+    def __init__(
+        self,
+        settings: WorkerGroupSettings,
+        on_ready: Callable[[int, int], None],
+        on_change: Callable[[], None],
+    ) -> None:
+        self._settings = settings
+        self._on_ready = on_ready
+        self._on_change = on_change
+        self._workers: dict[str, WorkerHandle] = {}  # registration order = preference for membership
+        self._members: list[WorkerHandle] = []  # rank order while FORMING/READY
+        self._next_id = 0
+        self.state = GroupState.WAITING_FOR_WORKERS
+        # Number of times the group lost its members' KV state; the engine resets the core on change.
+        self.failures = 0
+        self.num_blocks = 0
+        self.num_cpu_blocks = 0
+        self.last_ok = time.monotonic()
+        self._form_task: asyncio.Task[None] | None = None
+        self._recovery_task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._liveness_task: asyncio.Task[None] | None = None
+        self._misconfigured_reason = ""
+
+    # ----- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Starts the idle liveness poll."""
+        self._liveness_task = asyncio.create_task(self._poll_liveness(), name="worker-liveness")
+
+    async def stop(self) -> None:
+        """Stops background tasks and closes every worker channel."""
+        for task in (self._form_task, self._recovery_task, self._probe_task, self._liveness_task):
+            if task is not None:
+                task.cancel()
+        for worker in self._workers.values():
+            await worker.channel.close()
+
+    # ----- queries ------------------------------------------------------------------------
+    @property
+    def is_ready(self) -> bool:
+        return self.state is GroupState.READY
+
+    def down_message(self) -> str:
+        """Why requests cannot be served now, with what to do about it."""
+        if self.state is GroupState.MISCONFIGURED:
+            return f"worker group cannot start: {self._misconfigured_reason}"
+        need = self._settings.world_size
+        return (
+            f"worker group is down: {len(self._workers)} of {need} workers (tp_size*pp_size) registered "
+            f"and ready; start the missing infermesh-worker processes"
+        )
+
+    # ----- registration -------------------------------------------------------------------
+    def register(self, address: str, device: str, name: str) -> str:
+        """Adds a worker (replacing an older registration of the same name or address); returns its id."""
+        for old in list(self._workers.values()):
+            if (name and old.name == name) or old.address == address:
+                logger.warning(
+                    "worker %s (%s) registered again: its previous instance is gone", name, address
+                )
+                self._drop(old)
+                if old in self._members:
+                    self._member_failed(f"worker {old.name or old.address} restarted")
+        self._next_id += 1
+        worker_id = f"w{self._next_id}"
+        channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._workers[worker_id] = WorkerHandle(
+            worker_id=worker_id,
+            name=name or worker_id,
+            address=address,
+            device=device,
+            channel=channel,
+            stub=worker_pb2_grpc.WorkerServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+        )
+        logger.info(
+            "worker %s registered: name=%s address=%s device=%s (%d of %d needed)",
+            worker_id,
+            name,
+            address,
+            device,
+            len(self._workers),
+            self._settings.world_size,
+        )
+        self._maybe_form()
+        return worker_id
+
+    def _drop(self, worker: WorkerHandle) -> None:
+        self._workers.pop(worker.worker_id, None)
+        asyncio.get_running_loop().create_task(worker.channel.close())
+
+    # ----- forming ------------------------------------------------------------------------
+    def _maybe_form(self) -> None:
+        if self.state in (GroupState.READY, GroupState.FORMING, GroupState.MISCONFIGURED):
+            return
+        if self._probe_task is not None and not self._probe_task.done():
+            return  # re-evaluated once the probe after a failure has dropped the dead
+        if len(self._workers) >= self._settings.world_size:
+            self._form_task = asyncio.create_task(self._form(), name="worker-group-form")
+
+    def _backend(self, members: list[WorkerHandle]) -> str:
+        if self._settings.dist_backend != "auto":
+            return self._settings.dist_backend
+        return "nccl" if any(m.device.startswith("cuda") for m in members) else "gloo"
+
+    async def _form(self) -> None:
+        s = self._settings
+        previous = self.state
+        self.state = GroupState.FORMING
+        members = list(self._workers.values())[: s.world_size]
+        self._members = members
+        init_method = (
+            "" if s.world_size == 1 else f"tcp://{rendezvous_host(members[0].address)}:{free_tcp_port()}"
+        )
+        backend = self._backend(members)
+        logger.info(
+            "forming worker group: tp_size=%d pp_size=%d backend=%s rendezvous=%s members=%s",
+            s.tp_size,
+            s.pp_size,
+            backend,
+            init_method or "(single worker)",
+            [f"rank{r}={m.name}@{m.address}" for r, m in enumerate(members)],
+        )
+        try:
+            await self._call_all(
+                [m for m in members if m.loaded],
+                lambda m: m.stub.Reset(worker_pb2.ResetRequest(), timeout=s.worker_timeout_s),
+            )
+            loaded = await self._call_all(
+                members,
+                lambda m: m.stub.LoadModel(
+                    self._load_request(members.index(m), init_method, backend), timeout=s.worker_timeout_s
+                ),
+            )
+            for m in members:
+                m.loaded = True
+            num_blocks = self._pool_size(members, loaded)
+            if num_blocks is None:
+                return
+            if not self.num_blocks:  # first formation; later ones keep the core's pool sizes
+                self.num_cpu_blocks = (
+                    (self._settings.num_cpu_blocks or num_blocks) if self._settings.enable_swap else 0
+                )
+            await self._call_all(
+                members,
+                lambda m: m.stub.InitKVCache(
+                    worker_pb2.InitKVCacheRequest(num_blocks=num_blocks, num_cpu_blocks=self.num_cpu_blocks),
+                    timeout=s.worker_timeout_s,
+                ),
+            )
+        except _MemberCallError as err:
+            await self._after_failed_form(previous, err)
+            return
+        self.num_blocks = num_blocks
+        self.state = GroupState.READY
+        self.last_ok = time.monotonic()
+        if self._recovery_task is not None:
+            self._recovery_task.cancel()
+            self._recovery_task = None
+        logger.info(
+            "worker group ready: %d KV blocks per worker, %d CPU blocks", num_blocks, self.num_cpu_blocks
+        )
+        self._on_ready(num_blocks, self.num_cpu_blocks)
+        self._on_change()
+
+    async def _after_failed_form(self, previous: GroupState, err: _MemberCallError) -> None:
+        """Drops dead members; a live member that refused the model makes the group MISCONFIGURED."""
+        logger.error("forming the worker group failed: %s", err)
+        self._members = []
+        self.state = previous
+        refused = [
+            (m, e)
+            for m, e in err.failures
+            if isinstance(e, grpc.aio.AioRpcError)
+            and e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        ]
+        dead = await self._drop_dead()
+        refused = [(m, e) for m, e in refused if m not in dead]
+        if refused:
+            m, e = refused[0]
+            self._misconfigured_reason = f"worker {m.name} refused to load the model: {e.details()}"
+            self.state = GroupState.MISCONFIGURED
+            logger.error("refusing to serve: %s", self._misconfigured_reason)
+        self._on_change()
+        self._maybe_form()
+
+    def _load_request(self, rank: int, init_method: str, backend: str) -> worker_pb2.LoadModelRequest:
+        s = self._settings
+        return worker_pb2.LoadModelRequest(
+            model_path=s.model_path,
+            dtype=s.dtype,
+            tp_size=s.tp_size,
+            tp_rank=rank % s.tp_size,
+            pp_size=s.pp_size,
+            pp_rank=rank // s.tp_size,
+            dist_init_method=init_method,
+            dist_backend=backend,
+            block_size=s.block_size,
+            max_model_len=s.max_model_len,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            config_overrides_json=s.config_overrides_json,
+        )
+
+    def _pool_size(
+        self, members: list[WorkerHandle], loaded: list[worker_pb2.LoadModelResponse]
+    ) -> int | None:
+        """Blocks for the pool, or None (group MISCONFIGURED) when the workers cannot hold what is asked."""
+        smallest, holder = min((r.max_num_blocks, m.name) for m, r in zip(members, loaded, strict=True))
+        wanted = self._settings.total_blocks or self.num_blocks  # after a re-form keep the core's pool size
+        reason = ""
+        if wanted == 0 and smallest == 0:
+            reason = (
+                f"worker {holder} has room for no KV block: "
+                "raise gpu_memory_utilization or use a smaller model"
+            )
+        elif wanted > smallest:
+            reason = (
+                f"total_blocks={wanted} but worker {holder} can hold only {smallest} KV blocks: "
+                f"lower total_blocks (or set it to 0 to size the pool from the workers)"
+            )
+        if reason:
+            self._misconfigured_reason = reason
+            self.state = GroupState.MISCONFIGURED
+            logger.error("refusing to serve: %s", reason)
+            self._on_change()
+            return None
+        return wanted or smallest
+
+    async def _call_all(self, members: list[WorkerHandle], call: Callable[[WorkerHandle], object]) -> list:
+        """Runs `call` on every member concurrently; raises _MemberCallError naming the ones that failed."""
+        if not members:
+            return []
+        results = await asyncio.gather(*(call(m) for m in members), return_exceptions=True)
+        failed = [(m, r) for m, r in zip(members, results, strict=True) if isinstance(r, BaseException)]
+        if failed:
+            raise _MemberCallError(failed)
+        return results
+
+    # ----- stepping -----------------------------------------------------------------------
+    async def execute(self, plan: worker_pb2.StepPlan) -> worker_pb2.ExecuteResponse:
+        """Runs one plan on every member; the answer of the last stage's tp_rank 0 carries the tokens."""
+        if self.state is not GroupState.READY:
+            raise WorkerGroupFailure(f"worker group is {self.state.value}")
+        members = self._members
+        request = worker_pb2.ExecuteRequest(plan=plan)
+        timeout = self._settings.worker_timeout_s
+        try:
+            if len(members) == 1:
+                response = await members[0].stub.Execute(request, timeout=timeout)
+            else:
+                responses = await self._call_all(members, lambda m: m.stub.Execute(request, timeout=timeout))
+                response = responses[(self._settings.pp_size - 1) * self._settings.tp_size]
+        except grpc.aio.AioRpcError as err:
+            self._member_failed(f"Execute on {members[0].name} failed: {err.code().name}: {err.details()}")
+            raise WorkerGroupFailure(str(err.details())) from None
+        except _MemberCallError as err:
+            self._member_failed(f"Execute failed: {err}")
+            raise WorkerGroupFailure(str(err)) from None
+        self.last_ok = time.monotonic()
+        return response
+
+    # ----- failures -----------------------------------------------------------------------
+    def report_failure(self, reason: str) -> None:
+        """Treats the group as broken (its workers' sequence state can no longer be trusted)."""
+        self._member_failed(reason)
+
+    def _member_failed(self, reason: str) -> None:
+        if self.state is not GroupState.READY:
+            return
+        logger.error(
+            "worker group broken: %s; live requests will be recomputed when it is whole again", reason
+        )
+        self.state = GroupState.RECOVERING
+        self.failures += 1
+        self._recovery_task = asyncio.create_task(self._recovery_deadline(), name="worker-group-recovery")
+        self._probe_task = asyncio.create_task(self._probe_after_failure(), name="worker-group-probe")
+        self._on_change()
+
+    async def _alive(self, worker: WorkerHandle) -> bool:
+        try:
+            await worker.health.Check(
+                health_pb2.HealthCheckRequest(), timeout=self._settings.worker_timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    async def _drop_dead(self) -> list[WorkerHandle]:
+        workers = list(self._workers.values())
+        alive = await asyncio.gather(*(self._alive(w) for w in workers))
+        dead = [w for w, ok in zip(workers, alive, strict=True) if not ok]
+        for w in dead:
+            if w.worker_id in self._workers:
+                logger.warning("worker %s (%s) does not answer: dropped", w.name, w.address)
+                self._drop(w)
+        return dead
+
+    async def _probe_after_failure(self) -> None:
+        await self._drop_dead()
+        self._probe_task = None
+        self._on_change()
+        self._maybe_form()
+
+    async def _recovery_deadline(self) -> None:
+        await asyncio.sleep(self._settings.recovery_timeout_s)
+        if self.state is not GroupState.READY and self.state is not GroupState.MISCONFIGURED:
+            self.state = GroupState.DOWN
+            logger.error("%s (waited group_recovery_timeout_ms)", self.down_message())
+            self._on_change()
+        self._recovery_task = None
+
+    async def _poll_liveness(self) -> None:
+        interval = self._settings.worker_timeout_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            if self.state is GroupState.FORMING:
+                continue
+            if self.state is GroupState.READY and time.monotonic() - self.last_ok < interval:
+                continue  # steps are succeeding: the members are alive
+            dead = await self._drop_dead()
+            if self.state is GroupState.READY and any(w in self._members for w in dead):
+                self._member_failed("liveness probe: " + ", ".join(f"{w.name} ({w.address})" for w in dead))
+            elif self.state is GroupState.READY:
+                self.last_ok = time.monotonic()
+
+
+class _MemberCallError(Exception):
+    """One or more members failed a concurrent call."""
+
+    def __init__(self, failed: list[tuple[WorkerHandle, BaseException]]) -> None:
+        self.failures = failed
+        parts = []
+        for m, e in failed:
+            detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else repr(e)
+            parts.append(f"{m.name} ({m.address}): {detail}")
+        super().__init__("; ".join(parts))

@@ -1,0 +1,155 @@
+"""Submit refusals through a real scheduler process: INVALID_ARGUMENT, queue overflow, deadlines."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from tests.scheduler_service.service_harness import (
+    MAX_POSITIONS,
+    VOCAB_SIZE,
+    assert_no_plan_errors,
+    health_status,
+    load,
+    start_fake_worker,
+    start_scheduler,
+    submit_request,
+    wait_all_blocks_free,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def submit_error(stub, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Submit(request, timeout=10))
+    return err.value
+
+
+INVALID_CASES = [
+    (dict(prompt=[]), "prompt_token_ids is empty"),
+    (dict(prompt=[1, 2, VOCAB_SIZE + 5]), f"token id {VOCAB_SIZE + 5} at position 2"),
+    (dict(max_tokens=0), "max_tokens is 0"),
+    (
+        dict(prompt=[1] * 200, max_tokens=100),
+        f"prompt (200 tokens) + max_tokens (100) = 300 exceeds max_model_len {MAX_POSITIONS}",
+    ),
+    (dict(temperature=-0.5), "temperature is -0.5"),
+    (dict(top_p=0.0), "top_p is 0.0"),
+    (dict(top_p=1.5), "top_p is 1.5"),
+    (dict(top_k=-1), "top_k is -1"),
+    (dict(min_p=1.5), "min_p is 1.5"),
+    (dict(min_p=-0.1), "min_p is -0.1"),
+    (dict(n=0), "n is 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    INVALID_CASES,
+    ids=[m.split(" ")[0] + str(i) for i, (_, m) in enumerate(INVALID_CASES)],
+)
+def test_invalid_argument(stub, change, message):
+    fields = {"prompt": [5, 6], "max_tokens": 4}
+    fields.update(change)
+    prompt, max_tokens = fields.pop("prompt"), fields.pop("max_tokens")
+    err = submit_error(stub, submit_request("bad", prompt, max_tokens, **fields))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.details()
+    if "vocab" in message or "token id" in message:
+        assert f"vocab_size is {VOCAB_SIZE}" in err.details()
+
+
+def test_missing_sampling_is_invalid(stub):
+    err = submit_error(stub, scheduler_pb2.SubmitRequest(request_id="nos", prompt_token_ids=[3]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sampling" in err.details()
+
+
+def test_deadline_already_past(stub):
+    err = submit_error(stub, submit_request("late", [3], 4, deadline_unix_ms=int(time.time() * 1000) - 1000))
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.fixture(scope="module")
+def slow_served(model_dir):
+    """One sequence at a time on a slow worker, a queue of 2 that rejects overflow."""
+    scheduler = start_scheduler(
+        model_dir,
+        "--total-blocks",
+        "64",
+        "--block-size",
+        "4",
+        "--max-batch-size",
+        "1",
+        "--max-queue-size",
+        "2",
+        "--queue-overflow-policy",
+        "drop_newest",
+    )
+    worker = None
+    try:
+        worker = start_fake_worker(scheduler.address, "slow-0", "--step-delay-ms", "20")
+        with grpc.insecure_channel(scheduler.address) as channel:
+            yield scheduler_pb2_grpc.SchedulerServiceStub(channel), scheduler.address, worker
+    finally:
+        if worker is not None:
+            worker.stop()
+        scheduler.stop()
+
+
+def test_queue_overflow_drop_newest_and_health(slow_served):
+    stub, address, worker = slow_served
+    calls = [stub.Submit(submit_request("q-0", [5], 200, ignore_eos=True), timeout=30)]
+    next(calls[0])  # q-0 runs (max_batch_size=1); the next two wait
+    calls += [stub.Submit(submit_request(f"q-{i}", [5], 200, ignore_eos=True), timeout=30) for i in (1, 2)]
+    deadline = time.monotonic() + 10
+    while load(stub).num_waiting < 2:  # q-1 and q-2 wait: the queue is full
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # A full queue (>= 80% of max_queue_size) makes the scheduler report NOT_SERVING.
+    assert health_status(address) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert not load(stub).serving
+    err = submit_error(stub, submit_request("q-over", [5], 3))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_queue_size=2" in err.details() and "drop_newest" in err.details()
+    for call in calls:
+        call.cancel()
+    wait_all_blocks_free(stub)
+    deadline = time.monotonic() + 10
+    while health_status(address) != health_pb2.HealthCheckResponse.SERVING:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert_no_plan_errors(worker)
+
+
+def test_deadline_passes_while_running(slow_served):
+    stub, _, worker = slow_served
+    deadline_ms = int((time.time() + 0.3) * 1000)
+    err = submit_error(stub, submit_request("dl-1", [5], 200, ignore_eos=True, deadline_unix_ms=deadline_ms))
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "deadline" in err.details()
+    wait_all_blocks_free(stub)
+    assert_no_plan_errors(worker)
+
+
+def test_client_cancel_of_waiting_request_frees_queue(slow_served):
+    stub, _, worker = slow_served
+    running = stub.Submit(submit_request("w-run", [5], 200, ignore_eos=True), timeout=30)
+    next(running)
+    waiting = stub.Submit(submit_request("w-wait", [5], 5), timeout=30)
+    deadline = time.monotonic() + 10
+    while load(stub).num_waiting < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    waiting.cancel()
+    while load(stub).num_waiting > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    running.cancel()
+    wait_all_blocks_free(stub)
+    assert_no_plan_errors(worker)
