@@ -1,36 +1,28 @@
-"""Content hashes of full KV blocks of token ids, shared by the scheduler's prefix cache and the
-frontend's prefix-aware routing.
+"""Hashes of full KV blocks of token ids, chained over the parent block's hash: the numbers the
+scheduler reports in `GetLoadResponse.cached_prefix_hashes` (the hashes of the first blocks its
+prefix cache holds) and that a frontend computes for a prompt to find the replica holding it.
 
-Both sides must compute the same number for the same tokens: the scheduler reports the hashes of
-the first blocks it holds in `GetLoadResponse.cached_prefix_hashes`, and a frontend hashes a
-prompt's first block to find the replica that holds it. Python's built-in `hash` is not used
-because it differs between processes and builds; blake2b over little-endian uint32 token ids
-with the parent's hash chained in is stable everywhere and fits a proto uint64.
+The function is Python's hash of the tuple (parent hash, token ids), masked to 64 bits, with 0 as
+the first block's parent — the scheduler core's own block hash (infermesh_scheduler.core.
+block_hash), defined here so the frontend, which does not install the scheduler, computes the
+same numbers. Hash randomisation (PYTHONHASHSEED) covers str and bytes only, so a tuple of ints
+hashes alike in every process; tests/routing/test_prefix_hash.py checks both the cross-process
+stability and the agreement with the scheduler core.
 """
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Sequence
 
-# Distinguishes "no parent" (the first block) from a parent whose hash happens to be 0.
-_ROOT_MARKER = b"\x00"
-_CHILD_MARKER = b"\x01"
+# The parent hash of a sequence's first block.
+ROOT_PARENT_HASH = 0
+_MASK = (1 << 64) - 1
 
 
-def block_hash(parent_hash: int | None, token_ids: Sequence[int]) -> int:
-    """Returns the uint64 hash of one block of `token_ids` following a block hashed `parent_hash`.
-
-    `parent_hash` is None for a sequence's first block.
-    """
-    digest = hashlib.blake2b(digest_size=8)
-    if parent_hash is None:
-        digest.update(_ROOT_MARKER)
-    else:
-        digest.update(_CHILD_MARKER + parent_hash.to_bytes(8, "little"))
-    digest.update(struct.pack(f"<{len(token_ids)}I", *token_ids))
-    return int.from_bytes(digest.digest(), "little")
+def block_hash(parent_hash: int, token_ids: Sequence[int]) -> int:
+    """Returns the uint64 hash of one block of `token_ids` following a block hashed
+    `parent_hash` (ROOT_PARENT_HASH for a sequence's first block)."""
+    return hash((parent_hash, tuple(token_ids))) & _MASK
 
 
 def prefix_block_hashes(
@@ -44,7 +36,7 @@ def prefix_block_hashes(
     if max_blocks is not None:
         num_full = min(num_full, max_blocks)
     hashes: list[int] = []
-    parent: int | None = None
+    parent = ROOT_PARENT_HASH
     for index in range(num_full):
         parent = block_hash(parent, token_ids[index * block_size : (index + 1) * block_size])
         hashes.append(parent)
