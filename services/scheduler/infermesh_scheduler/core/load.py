@@ -1,0 +1,20 @@
+"""A snapshot of the scheduler's load (scheduler.proto GetLoadResponse minus `serving`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class LoadSnapshot:
+    num_waiting: int
+    num_running: int
+    num_preempted: int
+    total_blocks: int
+    free_blocks: int
+    cached_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_waiting_tokens: int
+    num_preemptions: int
+    cached_prefix_hashes: list[int] = field(default_factory=list)

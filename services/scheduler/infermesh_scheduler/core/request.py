@@ -1,0 +1,76 @@
+"""What a request is when it reaches the scheduler core, and what the core hands back."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class PriorityClass(enum.IntEnum):
+    """Latency class (seed 002): a smaller value is served first under every policy."""
+
+    LATENCY_CRITICAL = 1
+    THROUGHPUT = 2
+
+
+@dataclass(slots=True)
+class SamplingOptions:
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    seed: int | None
+    max_tokens: int
+    stop_token_ids: tuple[int, ...]
+    ignore_eos: bool
+    n: int = 1
+    logprobs: int = 0
+
+
+@dataclass(slots=True)
+class RequestSpec:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingOptions
+    priority: int
+    priority_class: PriorityClass
+    # Absolute wall-clock deadline (time.time() seconds); None means none.
+    deadline: float | None
+    client_id: str
+    # time.monotonic() seconds when the request arrived.
+    arrival_time: float
+    # Tokens generated for this request elsewhere (failover); they count towards max_tokens.
+    resumed_output_token_ids: list[int] = field(default_factory=list)
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+
+
+@dataclass(slots=True)
+class AdmissionError:
+    """Why the scheduler ended a request itself: a gRPC status code name and a message."""
+
+    code: str
+    message: str
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    request_id: str
+    index: int
+    new_token_ids: list[int]
+    new_logprobs: list[float]
+    finish_reason: FinishReason | None
+    # Set on the request's last output (all n completions finished).
+    usage: Usage | None = None
+    error: AdmissionError | None = None
