@@ -1,0 +1,69 @@
+"""infermesh-frontend: serve FrontendService until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from infermesh_shared.config import load_config
+from infermesh_shared.telemetry.grpc_aio_interceptors import aio_client_interceptors, aio_server_interceptors
+from infermesh_shared.telemetry.structured_logging import configure_logging
+from infermesh_shared.telemetry.tracing import init_tracing, shutdown_tracing
+
+from infermesh_frontend.server import FrontendServer, FrontendSettings, UnsupportedOptionError
+from infermesh_frontend.tokenizer import TokenizerLoadError
+
+logger = logging.getLogger("infermesh_frontend")
+
+EXIT_BAD_CONFIG = 2
+
+
+async def _serve(settings: FrontendSettings) -> None:
+    server = FrontendServer(settings)
+    port = await server.start()
+    print(f"frontend listening on {settings.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        logger.info("frontend shutting down")
+        await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the infermesh-frontend console script."""
+    cfg = load_config("frontend", list(sys.argv[1:] if argv is None else argv))
+    configure_logging(
+        cfg.service_name,
+        level=cfg.log_level,
+        fmt=cfg.log_format,
+        to_file=cfg.log_to_file,
+        file_path=cfg.log_file,
+    )
+    init_tracing(
+        cfg.service_name,
+        exporter=cfg.tracing_exporter,
+        endpoint=cfg.otlp_endpoint,
+        sample_ratio=cfg.tracing_sample_ratio,
+    )
+    try:
+        settings = FrontendSettings.from_config(cfg)
+        settings.client_interceptors = aio_client_interceptors()
+        settings.server_interceptors = aio_server_interceptors()
+        asyncio.run(_serve(settings))
+    except (UnsupportedOptionError, TokenizerLoadError) as error:
+        sys.stderr.write(f"Error: Configuration validation failed\n  Caused by: {error}\n")
+        return EXIT_BAD_CONFIG
+    finally:
+        shutdown_tracing()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

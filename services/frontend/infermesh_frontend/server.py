@@ -1,0 +1,161 @@
+"""The frontend's gRPC server: FrontendService, health, reflection, and scheduler health checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
+from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
+
+from infermesh_frontend.model_info import ModelInfoSource
+from infermesh_frontend.request_error import RequestError
+from infermesh_frontend.scheduler_pool import SchedulerPool
+from infermesh_frontend.servicer import FrontendServicer
+from infermesh_frontend.tokenizer import FrontendTokenizer
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = frontend_pb2.DESCRIPTOR.services_by_name["FrontendService"].full_name
+
+
+class UnsupportedOptionError(ValueError):
+    """A configured option this frontend cannot honour (refused, never silently ignored)."""
+
+
+@dataclass(slots=True)
+class FrontendSettings:
+    """The options the frontend server runs with."""
+
+    model_path: str
+    scheduler_addresses: list[str]
+    host: str = "127.0.0.1"
+    port: int = 0
+    dispatch_policy: str = "round_robin"
+    default_max_tokens: int = 16
+    max_stop_strings: int = 16
+    request_timeout_ms: int = 0
+    health_check_interval_ms: int = 1000
+    client_interceptors: list[Any] = field(default_factory=list)
+    server_interceptors: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FrontendSettings:
+        """Settings from a load_config("frontend") result; refuses options not built yet."""
+        refusals = []
+        if cfg.http_port:
+            refusals.append(
+                "http_port: the OpenAI-compatible HTTP API is not built yet; leave http_port at 0"
+            )
+        if cfg.discovery != "static":
+            refusals.append(
+                f"discovery {cfg.discovery!r} is not built yet; use static with --scheduler-addresses"
+            )
+        if cfg.metrics_port:
+            refusals.append(
+                "metrics_port: the frontend has no /metrics endpoint yet; leave metrics_port at 0"
+            )
+        addresses = list(cfg.scheduler_addresses)
+        if not addresses:
+            refusals.append(
+                "scheduler_addresses is empty; give at least one scheduler as --scheduler-addresses HOST:PORT"
+            )
+        # With one replica every policy picks the same one; with several only round_robin exists yet.
+        dispatch_policy = cfg.dispatch_policy
+        if len(addresses) > 1 and dispatch_policy != "round_robin":
+            refusals.append(
+                f"dispatch_policy {dispatch_policy!r} over several schedulers is not built yet; "
+                "use --dispatch-policy round_robin"
+            )
+        if refusals:
+            raise UnsupportedOptionError("; ".join(refusals))
+        return cls(
+            model_path=cfg.model_path,
+            scheduler_addresses=addresses,
+            host=cfg.host,
+            port=cfg.port,
+            dispatch_policy="round_robin",
+            default_max_tokens=cfg.default_max_tokens,
+            max_stop_strings=cfg.max_stop_strings,
+            request_timeout_ms=cfg.request_timeout_ms,
+            health_check_interval_ms=cfg.health_check_interval_ms,
+        )
+
+
+class FrontendServer:
+    """Owns the gRPC server, the scheduler pool and the health-check loop."""
+
+    def __init__(self, settings: FrontendSettings, tokenizer: FrontendTokenizer | None = None) -> None:
+        self.settings = settings
+        self.tokenizer = tokenizer or FrontendTokenizer.from_model_path(settings.model_path)
+        self.pool = SchedulerPool(
+            settings.scheduler_addresses, settings.dispatch_policy, interceptors=settings.client_interceptors
+        )
+        self.model_info = ModelInfoSource(self.pool)
+        self.server = grpc.aio.server(interceptors=settings.server_interceptors or None)
+        servicer = FrontendServicer(
+            self.tokenizer,
+            self.pool,
+            self.model_info,
+            default_max_tokens=settings.default_max_tokens,
+            max_stop_strings=settings.max_stop_strings,
+            request_timeout_ms=settings.request_timeout_ms,
+        )
+        frontend_pb2_grpc.add_FrontendServiceServicer_to_server(servicer, self.server)
+        self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
+        self.port = 0
+        self._health_task: asyncio.Task[None] | None = None
+        self._serving = False
+
+    async def start(self) -> int:
+        """Binds and starts serving; returns the bound port."""
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind the frontend to {address}")
+        await self.server.start()
+        self._health_task = asyncio.get_running_loop().create_task(self._check_schedulers())
+        return self.port
+
+    async def _check_schedulers(self) -> None:
+        """Keeps the health status in step with whether any scheduler answers GetModelInfo."""
+        interval_s = self.settings.health_check_interval_ms / 1000
+        while True:
+            try:
+                model = await self.model_info.fetch()
+                serving = True
+                if not self._serving:
+                    logger.info(
+                        "scheduler answered: model %s, vocab %d, max_model_len %d",
+                        model.model_name,
+                        model.vocab_size,
+                        model.max_model_len,
+                    )
+                    if model.vocab_size and self.tokenizer.vocab_size > model.vocab_size:
+                        logger.warning(
+                            "tokenizer has %d ids, the model only %d: prompts may hold ids the model rejects",
+                            self.tokenizer.vocab_size,
+                            model.vocab_size,
+                        )
+            except RequestError as error:
+                serving = False
+                if self._serving:
+                    logger.warning("%s", error.message)
+            if serving != self._serving:
+                set_serving(self.health, [SERVICE_NAME], serving)
+                self._serving = serving
+            await asyncio.sleep(interval_s)
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """Stops serving, cancels the health loop, closes the scheduler channels."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+        await self.server.stop(grace_s)
+        await self.pool.close()

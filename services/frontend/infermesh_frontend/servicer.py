@@ -1,0 +1,175 @@
+"""FrontendService: text in, text out, over the scheduler replicas' token-id API."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from infermesh.v1 import frontend_pb2, frontend_pb2_grpc, scheduler_pb2
+
+from infermesh_frontend.completion_output import CompletionDelta
+from infermesh_frontend.generation import Generation, PreparedRequest
+from infermesh_frontend.model_info import ModelInfoSource
+from infermesh_frontend.request_error import RequestError
+from infermesh_frontend.sampling_params import InvalidRequestError, SamplingLimits, resolve_sampling_params
+from infermesh_frontend.scheduler_pool import RequestContext, SchedulerPool
+from infermesh_frontend.tokenizer import FrontendTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
+    """Tokenizes, submits to a scheduler, detokenizes and applies stop strings."""
+
+    def __init__(
+        self,
+        tokenizer: FrontendTokenizer,
+        pool: SchedulerPool,
+        model_info: ModelInfoSource,
+        default_max_tokens: int,
+        max_stop_strings: int,
+        request_timeout_ms: int,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._pool = pool
+        self._model_info = model_info
+        self._default_max_tokens = default_max_tokens
+        self._max_stop_strings = max_stop_strings
+        self._request_timeout_ms = request_timeout_ms
+
+    async def _prepare(self, request_input: frontend_pb2.GenerateInput) -> PreparedRequest:
+        """Validates `request_input` and turns it into a SubmitRequest; raises RequestError."""
+        request_id = request_input.request_id or uuid.uuid4().hex
+        prompt_kind = request_input.WhichOneof("prompt")
+        if prompt_kind == "text":
+            if not request_input.text:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty: give non-empty text"
+                )
+            prompt_ids = self._tokenizer.encode(request_input.text, add_special_tokens=True)
+        elif prompt_kind == "token_ids":
+            prompt_ids = list(request_input.token_ids.ids)
+        else:
+            prompt_ids = []
+        model = await self._model_info.get()
+        limits = SamplingLimits(self._default_max_tokens, self._max_stop_strings, model.max_model_len)
+        try:
+            sampling = resolve_sampling_params(request_input.sampling, len(prompt_ids), limits)
+        except InvalidRequestError as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+
+        timeout_ms = _effective_timeout_ms(request_input.timeout_ms, self._request_timeout_ms)
+        submit = scheduler_pb2.SubmitRequest(
+            request_id=request_id,
+            prompt_token_ids=prompt_ids,
+            sampling=sampling,
+            priority_class=request_input.priority_class,
+            deadline_unix_ms=int(time.time() * 1000) + timeout_ms if timeout_ms else 0,
+            client_id=request_input.client_id,
+            non_blocking=request_input.non_blocking,
+        )
+        if request_input.HasField("priority"):
+            submit.priority = request_input.priority
+        context = RequestContext(
+            request_id=request_id,
+            prompt_token_ids=prompt_ids,
+            session_id=request_input.session_id,
+            client_id=request_input.client_id,
+        )
+        return PreparedRequest(submit, list(request_input.sampling.stop), context, timeout_ms)
+
+    def _generation(self, prepared: PreparedRequest) -> Generation:
+        return Generation(self._pool, prepared, self._tokenizer.decode)
+
+    async def Generate(
+        self, request: frontend_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> frontend_pb2.GenerateResponse:
+        try:
+            prepared = await self._prepare(request.input)
+            generation = self._generation(prepared)
+            async with contextlib.aclosing(generation.stream()) as deltas:
+                async for _ in deltas:
+                    pass
+        except RequestError as error:
+            await context.abort(error.code, error.message)
+        completions = [
+            frontend_pb2.Completion(
+                index=output.index,
+                text=output.text,
+                token_ids=output.token_ids,
+                finish_reason=output.finish_reason,
+                logprobs=output.logprobs,
+                matched_stop=output.matched_stop,
+            )
+            for output in generation.outputs
+        ]
+        return frontend_pb2.GenerateResponse(
+            request_id=generation.request_id, completions=completions, usage=generation.usage()
+        )
+
+    async def GenerateStream(
+        self, request: frontend_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[frontend_pb2.GenerateStreamResponse]:
+        try:
+            prepared = await self._prepare(request.input)
+            generation = self._generation(prepared)
+            async with contextlib.aclosing(generation.stream()) as deltas:
+                async for delta in deltas:
+                    yield _stream_message(generation.request_id, delta)
+        except RequestError as error:
+            await context.abort(error.code, error.message)
+
+    async def Tokenize(
+        self, request: frontend_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> frontend_pb2.TokenizeResponse:
+        ids = self._tokenizer.encode(request.text, add_special_tokens=request.add_special_tokens)
+        return frontend_pb2.TokenizeResponse(token_ids=ids)
+
+    async def Detokenize(
+        self, request: frontend_pb2.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> frontend_pb2.DetokenizeResponse:
+        vocab_size = self._tokenizer.vocab_size
+        for position, token_id in enumerate(request.token_ids):
+            if token_id >= vocab_size:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"token_ids[{position}]={token_id} is not below the tokenizer's vocab size {vocab_size}",
+                )
+        text = self._tokenizer.decode(
+            list(request.token_ids), skip_special_tokens=request.skip_special_tokens
+        )
+        return frontend_pb2.DetokenizeResponse(text=text)
+
+    async def GetModelInfo(
+        self, request: frontend_pb2.FrontendServiceGetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> frontend_pb2.FrontendServiceGetModelInfoResponse:
+        try:
+            # Fresh from a scheduler: block counts change once its workers have registered.
+            model = await self._model_info.fetch()
+        except RequestError as error:
+            await context.abort(error.code, error.message)
+        return frontend_pb2.FrontendServiceGetModelInfoResponse(model=model)
+
+
+def _effective_timeout_ms(request_timeout_ms: int, service_timeout_ms: int) -> int:
+    """The request's own timeout, else the service's request_timeout_ms; 0 means none."""
+    return request_timeout_ms if request_timeout_ms > 0 else service_timeout_ms
+
+
+def _stream_message(request_id: str, delta: CompletionDelta) -> frontend_pb2.GenerateStreamResponse:
+    message = frontend_pb2.GenerateStreamResponse(
+        request_id=request_id,
+        index=delta.index,
+        text=delta.text,
+        token_ids=delta.token_ids,
+        finish_reason=delta.finish_reason,
+        logprobs=delta.logprobs,
+        matched_stop=delta.matched_stop,
+    )
+    if delta.usage is not None:
+        message.usage.CopyFrom(delta.usage)
+    return message

@@ -1,0 +1,111 @@
+"""A real gRPC SchedulerService that streams canned token ids, for testing the frontend alone.
+
+It records every Submit, Abort and cancelled Submit so tests can check what the frontend did.
+Everything runs on one asyncio loop in a background thread, so sync tests can drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+import grpc
+from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+# Bounds an "endless" stream so a frontend that never aborts cannot hang a test forever.
+ENDLESS_STEP_LIMIT = 2000
+
+
+class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
+    """Streams `tokens` (one per message, per completion), then finish_reason and usage."""
+
+    def __init__(self, vocab_size: int, max_model_len: int) -> None:
+        self.model = common_pb2.ModelInfo(
+            model_name="fake-model",
+            architecture="LlamaForCausalLM",
+            vocab_size=vocab_size,
+            max_model_len=max_model_len,
+            eos_token_ids=[2],
+            block_size=16,
+            total_blocks=64,
+            tp_size=1,
+            pp_size=1,
+            dtype="fp32",
+        )
+        self.tokens: list[int] = []
+        self.delay_s = 0.0
+        # Keep cycling through `tokens` until the client cancels (bounded by ENDLESS_STEP_LIMIT).
+        self.endless = False
+        self.finish_reason = common_pb2.FINISH_REASON_LENGTH
+        # (code, message) to fail Submit with, as the real scheduler does for bad input.
+        self.error: tuple[grpc.StatusCode, str] | None = None
+        self.submits: list[scheduler_pb2.SubmitRequest] = []
+        self.aborts: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def Submit(self, request: scheduler_pb2.SubmitRequest, context: grpc.aio.ServicerContext):
+        self.submits.append(request)
+        if self.error is not None:
+            await context.abort(*self.error)
+        n = request.sampling.n
+        steps = ENDLESS_STEP_LIMIT if self.endless else len(self.tokens)
+        try:
+            for step in range(steps):
+                last = step == steps - 1 and not self.endless
+                for index in range(n):
+                    response = scheduler_pb2.SubmitResponse(
+                        index=index, token_ids=[self.tokens[step % len(self.tokens)]]
+                    )
+                    if request.sampling.logprobs:
+                        response.logprobs.append(-0.5)
+                    if last:
+                        response.finish_reason = self.finish_reason
+                        if index == n - 1:
+                            response.usage.CopyFrom(
+                                common_pb2.Usage(
+                                    prompt_tokens=len(request.prompt_token_ids), completion_tokens=n * steps
+                                )
+                            )
+                    yield response
+                await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled.append(request.request_id)
+            raise
+
+    async def Abort(self, request: scheduler_pb2.AbortRequest, context: grpc.aio.ServicerContext):
+        self.aborts.append(request.request_id)
+        return scheduler_pb2.AbortResponse(found=True)
+
+    async def GetModelInfo(self, request, context: grpc.aio.ServicerContext):
+        return scheduler_pb2.GetModelInfoResponse(model=self.model)
+
+    async def GetLoad(self, request, context: grpc.aio.ServicerContext):
+        return scheduler_pb2.GetLoadResponse(serving=True, total_blocks=64, free_blocks=64)
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread; `run` executes a coroutine there and waits for it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-aio-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, Any], timeout_s: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+async def start_fake_scheduler(fake: FakeScheduler) -> tuple[grpc.aio.Server, int]:
+    """Serves `fake` on 127.0.0.1 at a free port; returns the server and the port."""
+    server = grpc.aio.server()
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
