@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,8 +14,6 @@ from .model_metadata import ModelMetadata
 from .schema import defaults, load_schema
 from .sources import normalise, read_config_file
 from .validate import validate_values
-
-logger = logging.getLogger("infermesh.config")
 
 
 class Config:
@@ -35,7 +32,7 @@ class Config:
         self.service = service
         self._values = values
         self._sources = sources
-        self.notes = notes  # options accepted as not applicable here; logged at startup
+        self.notes = notes  # options accepted as not applicable here: the service logs them
         self.model_metadata = model_metadata  # scheduler only: read from model_path
 
     def __getattr__(self, name: str) -> Any:
@@ -126,6 +123,4 @@ def load_config(service: str, argv: Sequence[str] | None = None) -> Config:
     if flags.validate:
         sys.stdout.write(json.dumps(config.to_dict(), indent=2) + "\n")
         raise SystemExit(0)
-    for note in config.notes:
-        logger.info("%s", note)
     return config
