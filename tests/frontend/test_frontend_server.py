@@ -362,3 +362,40 @@ def test_console_script_refuses_options_it_cannot_honour(model_dir: Path) -> Non
     assert result.returncode == 2
     assert "Error: Configuration validation failed" in result.stderr
     assert "HTTP API is not built yet" in result.stderr
+
+
+def _run_generate_command(argv: list[str]) -> int:
+    import argparse
+
+    from infermesh_cli.generate_command import add_generate_subcommand
+
+    parser = argparse.ArgumentParser(prog="infermesh")
+    add_generate_subcommand(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_generate_command_prints_text(frontend_address: str, fake: FakeScheduler, capsys) -> None:
+    argv = [
+        "generate",
+        "--address",
+        frontend_address,
+        "--max-tokens",
+        "40",
+        "--temperature",
+        "0",
+        "--seed",
+        "3",
+    ]
+    assert _run_generate_command([*argv, "--stop", "STOP", "Hi"]) == 0
+    assert capsys.readouterr().out == OUTPUT_TEXT[: OUTPUT_TEXT.index("STOP")] + "\n"
+    assert fake.submits[-1].sampling.temperature == 0 and fake.submits[-1].sampling.seed == 3
+    assert _run_generate_command([*argv, "--stream", "Hi"]) == 0
+    assert capsys.readouterr().out == OUTPUT_TEXT + "\n"
+
+
+def test_generate_command_reports_errors(frontend_address: str, fake: FakeScheduler, capsys) -> None:
+    assert (
+        _run_generate_command(["generate", "--address", frontend_address, "--max-tokens", "500", "Hi"]) == 1
+    )
+    assert "Error: INVALID_ARGUMENT: prompt (3 tokens) + max_tokens (500)" in capsys.readouterr().err
