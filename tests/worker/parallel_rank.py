@@ -1,0 +1,75 @@
+"""Body of one rank in the tensor/pipeline-parallel tests (run in a spawned process)."""
+
+from __future__ import annotations
+
+import traceback
+
+import torch
+from infermesh_worker.model_runner import LoadSpec, ModelRunner
+
+from tests.worker.step_plans import StepPlanner
+
+BLOCK_SIZE = 4
+NUM_BLOCKS = 64
+PROMPTS = {1: [5, 17, 99, 3, 42, 8, 120], 2: [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], 3: [200, 7]}
+NEW_TOKENS = 5
+
+
+def drive(runner: ModelRunner) -> tuple[dict[int, list[int]], list[torch.Tensor], list[list]]:
+    """Runs the fixed scenario (batched prefill, chunked prefill, decodes); returns every sequence's
+    outputs as this rank knows them, the logits the sampler saw, and the tokens each step returned."""
+    captured: list[torch.Tensor] = []
+    original = runner.sampler.sample
+
+    def sample(logits, rows):
+        captured.append(logits.detach().clone())
+        return original(logits, rows)
+
+    runner.sampler.sample = sample
+    planner = StepPlanner(BLOCK_SIZE, NUM_BLOCKS)
+    for seq_id, prompt in PROMPTS.items():
+        planner.add(seq_id, prompt)
+    responses: list[list] = []
+    schedule = {1: 7, 2: 4, 3: 2}
+    for _ in range(NEW_TOKENS + 1):
+        result = runner.execute(planner.plan(schedule))
+        responses.append([(t.seq_id, t.token_id) for t in result.tokens])
+        # Every rank learns the sampled tokens (broadcast from the sampling rank), so take them from
+        # this rank's own state rather than from the response, which only the sampling rank fills.
+        for seq_id, seq in planner.sequences.items():
+            known = runner.sequences[seq_id].token_ids
+            seq.outputs = known[len(PROMPTS[seq_id]) :]
+            seq.token_ids = list(known)
+        schedule = planner.decode_all()
+        if 2 not in schedule and planner.sequences[2].num_computed < len(PROMPTS[2]):
+            schedule[2] = len(PROMPTS[2]) - planner.sequences[2].num_computed
+    outputs = {seq_id: seq.outputs[:NEW_TOKENS] for seq_id, seq in planner.sequences.items()}
+    return outputs, captured, responses
+
+
+def run_rank(model_dir: str, tp: int, pp: int, rank: int, init_method: str, results) -> None:
+    torch.set_num_threads(1)
+    try:
+        runner = ModelRunner(torch.device("cpu"), kv_cache_memory_bytes=1 << 22, sampler_seed=0)
+        spec = LoadSpec(
+            model_path=model_dir,
+            tp_size=tp,
+            tp_rank=rank % tp,
+            pp_size=pp,
+            pp_rank=rank // tp,
+            dist_init_method=init_method,
+            dist_backend="gloo",
+            block_size=BLOCK_SIZE,
+        )
+        runner.load_model(spec)
+        runner.init_kv_cache(NUM_BLOCKS, 0)
+        outputs, captured, responses = drive(runner)
+        info = {
+            "kv_heads": runner.model.shard.num_kv_heads,
+            "kv_head_start": runner.model.shard.kv_head_start,
+            "layers": (runner.model.shard.layer_start, runner.model.shard.layer_end),
+        }
+        results.put((rank, "ok", outputs, captured, responses, info))
+        runner.shutdown()
+    except BaseException:  # noqa: BLE001 - report any failure to the parent instead of hanging it
+        results.put((rank, "error", traceback.format_exc(), None, None, None))

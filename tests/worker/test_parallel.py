@@ -1,0 +1,108 @@
+"""Tensor and pipeline parallel over real gloo process groups: same tokens and logits as one rank."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import socket
+
+import pytest
+import torch
+
+from tests.model_factory import build_random_model, transformers_greedy
+from tests.worker.conftest import make_runner
+from tests.worker.parallel_rank import NEW_TOKENS, PROMPTS, drive, run_rank
+
+pytestmark = pytest.mark.multiproc
+
+
+@pytest.fixture(scope="module")
+def parallel_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parallel-models")
+    return {
+        # 3 layers: pipeline stages get 2 + 1; vocab 250 is not a multiple of 4 (padded vocab shards).
+        "llama": build_random_model("llama", root / "llama", num_layers=3, vocab_size=250, seed=5),
+        "qwen2": build_random_model("qwen2", root / "qwen2", seed=6),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_group(model_dir, tp: int, pp: int) -> dict[int, tuple]:
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    init_method = f"tcp://127.0.0.1:{_free_port()}"
+    procs = [
+        ctx.Process(target=run_rank, args=(str(model_dir), tp, pp, rank, init_method, results), daemon=True)
+        for rank in range(tp * pp)
+    ]
+    for proc in procs:
+        proc.start()
+    collected: dict[int, tuple] = {}
+    try:
+        while len(collected) < len(procs):
+            try:
+                rank, status, *payload = results.get(timeout=120)
+            except queue.Empty:
+                raise AssertionError(
+                    f"ranks {set(range(len(procs))) - set(collected)} did not finish"
+                ) from None
+            assert status == "ok", f"rank {rank} failed:\n{payload[0]}"
+            collected[rank] = tuple(payload)
+    finally:
+        for proc in procs:
+            proc.join(timeout=20)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    return collected
+
+
+@pytest.fixture(scope="module")
+def single_rank(parallel_models):
+    return {
+        arch: drive(make_runner(path, block_size=4, num_blocks=64)) for arch, path in parallel_models.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("arch", "tp", "pp"),
+    [("llama", 2, 1), ("llama", 1, 2), ("llama", 2, 2), ("qwen2", 2, 1), ("qwen2", 2, 2)],
+)
+def test_parallel_group_matches_single_rank(arch, tp, pp, parallel_models, single_rank):
+    reference_outputs, reference_logits, _ = single_rank[arch]
+    for seq_id, prompt in PROMPTS.items():
+        assert reference_outputs[seq_id] == transformers_greedy(parallel_models[arch], prompt, NEW_TOKENS)
+
+    ranks = run_group(parallel_models[arch], tp, pp)
+    sampling_rank = (pp - 1) * tp
+    for rank, (outputs, captured, responses, _) in ranks.items():
+        # Every rank tracks the same tokens, but only the sampling rank reports them.
+        assert outputs == reference_outputs, f"rank {rank}"
+        if rank == sampling_rank:
+            assert all(responses[:-1]), "the sampling rank returns tokens"
+            assert len(captured) == len(reference_logits)
+            for got, want in zip(captured, reference_logits, strict=True):
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        else:
+            assert all(not step for step in responses), f"rank {rank} must not report tokens"
+            assert captured == []
+    if pp == 2:
+        layers = sorted({info["layers"] for _, _, _, info in ranks.values()})
+        assert layers == ([(0, 2), (2, 3)] if arch == "llama" else [(0, 1), (1, 2)])
+
+
+def test_kv_heads_are_replicated_when_fewer_than_tp_ranks(parallel_models, single_rank):
+    """2 KV heads at tp=4: each KV head lives on two ranks (rank r holds head r // 2)."""
+    reference_outputs, reference_logits, _ = single_rank["llama"]
+    ranks = run_group(parallel_models["llama"], 4, 1)
+    assert [ranks[r][3]["kv_head_start"] for r in range(4)] == [0, 0, 1, 1]
+    assert all(ranks[r][3]["kv_heads"] == 1 for r in range(4))
+    outputs, captured, _, _ = ranks[0]
+    assert outputs == reference_outputs
+    for got, want in zip(captured, reference_logits, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
