@@ -6,7 +6,9 @@ import json
 
 import pytest
 from infermesh_shared.config import ConfigError, load_schema, resolve_config
-from infermesh_shared.config.flags import build_parser
+from infermesh_shared.config.flags import build_parser, parse_flags
+from infermesh_shared.config.schema import flag_name, property_types
+from infermesh_shared.config.sources import normalise
 
 
 def test_defaults_come_from_the_schema(llama_dir):
@@ -220,3 +222,56 @@ def test_attribute_for_an_unknown_option_raises():
     cfg = resolve_config("worker", ["--scheduler-address", "127.0.0.1:50051"])
     with pytest.raises(AttributeError, match="no option 'max_batch_size'"):
         _ = cfg.max_batch_size
+
+
+def _sample(prop: dict):
+    """A valid non-default value of a property, as a file would hold it."""
+    kinds = property_types(prop)
+    if "enum" in prop:
+        return next(v for v in prop["enum"] if v != prop.get("default"))
+    if "boolean" in kinds:
+        return not prop.get("default", False)
+    if "integer" in kinds:
+        return int(prop.get("minimum", prop.get("exclusiveMinimum", 0))) + 3
+    if "number" in kinds:
+        return 0.5
+    if "array" in kinds:
+        return ["127.0.0.1:7001", "127.0.0.1:7002"]
+    return "some-text"
+
+
+def _as_flag(key: str, value) -> list[str]:
+    if isinstance(value, bool):
+        return [flag_name(key) if value else "--no-" + key.replace("_", "-")]
+    if isinstance(value, list):
+        return [flag_name(key), ",".join(value)]
+    return [flag_name(key), str(value)]
+
+
+@pytest.mark.parametrize("service", ["scheduler", "worker", "frontend"])
+def test_every_option_reads_the_same_from_a_flag_and_from_a_file(service):
+    # Flags are derived from the schema: for every option and type, the flag and the file agree.
+    schema = load_schema(service)
+    file_values, argv = {}, []
+    for key, prop in schema["properties"].items():
+        if "pattern" in prop or "null" in property_types(prop):
+            continue  # free-form formats are covered by their own tests
+        file_values[key] = _sample(prop)
+        argv += _as_flag(key, file_values[key])
+    from_flags = parse_flags(service, schema, argv).values
+    from_file = normalise(file_values, schema, service).values
+    assert from_flags == from_file
+    assert len(from_flags) >= len(schema["properties"]) - 4
+
+
+def test_missing_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        resolve_config("scheduler", ["--config-file", str(tmp_path / "nope.yaml")])
+    assert err.value.causes[0].startswith(f"cannot read config file {tmp_path / 'nope.yaml'}: ")
+
+
+def test_config_file_must_hold_a_mapping(write_file):
+    path = write_file("l.yaml", "- a\n- b\n")
+    with pytest.raises(ConfigError) as err:
+        resolve_config("scheduler", ["--config-file", str(path)])
+    assert err.value.causes == [f"config file {path} must hold a mapping of options, not a list"]

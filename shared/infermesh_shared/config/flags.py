@@ -65,7 +65,10 @@ def build_parser(service: str, schema: dict[str, Any]) -> argparse.ArgumentParse
                 flag_name(key), dest=key, action=argparse.BooleanOptionalAction, help=_help_text(prop)
             )
         else:
-            metavar = "LIST" if "array" in kinds else kinds[0].upper()
+            if "enum" in prop:
+                metavar = "{" + ",".join(map(str, prop["enum"])) + "}"
+            else:
+                metavar = "LIST" if "array" in kinds else kinds[0].upper()
             parser.add_argument(flag_name(key), dest=key, metavar=metavar, help=_help_text(prop))
     return parser
 
