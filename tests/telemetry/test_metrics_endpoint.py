@@ -8,6 +8,7 @@ import grpc
 import pytest
 from infermesh_shared.telemetry import (
     RequestMetrics,
+    SchedulerLoadFigures,
     SchedulerMetrics,
     WorkerMetrics,
     create_registry,
@@ -29,7 +30,21 @@ def _scrape(url: str) -> dict[tuple[str, tuple], float]:
 def test_two_services_serve_their_own_counters() -> None:
     front_registry, sched_registry = create_registry(), create_registry()
     front, sched = RequestMetrics(front_registry), RequestMetrics(sched_registry)
-    state = SchedulerMetrics(sched_registry)
+    figures = SchedulerLoadFigures(
+        requests_running=2,
+        requests_waiting=4,
+        kv_cache_usage_ratio=0.25,
+        prefix_cache_queries=32,
+        prefix_cache_hits=16,
+        preemptions=1,
+    )
+    reads: list[int] = []
+
+    def read_load() -> SchedulerLoadFigures:
+        reads.append(1)
+        return figures
+
+    state = SchedulerMetrics(sched_registry, read_load)
     front_server = start_metrics_server(0, front_registry)
     sched_server = start_metrics_server(0, sched_registry)
     try:
@@ -39,10 +54,8 @@ def test_two_services_serve_their_own_counters() -> None:
             front.time_to_first_token.observe(0.02)
         front.request_ended(grpc.StatusCode.RESOURCE_EXHAUSTED)
         sched.request_ended(grpc.StatusCode.OK)
-        state.requests_waiting.set(4)
-        state.prefix_cache_queries.inc(32)
-        state.prefix_cache_hits.inc(16)
-        state.preemptions.inc()
+        state.queue_time.observe(0.5)
+        reads.clear()
 
         front_samples = _scrape(front_server.url)
         assert front_samples[("infermesh_requests_total", (("status", "ok"),))] == 3
@@ -54,8 +67,12 @@ def test_two_services_serve_their_own_counters() -> None:
         assert ("process_cpu_seconds_total", ()) in front_samples
 
         sched_samples = _scrape(sched_server.url)
+        assert reads == [1]  # state is read once per scrape, not kept up to date by the scheduler
         assert sched_samples[("infermesh_requests_total", (("status", "ok"),))] == 1
+        assert sched_samples[("infermesh_queue_time_seconds_count", ())] == 1
+        assert sched_samples[("infermesh_requests_running", ())] == 2
         assert sched_samples[("infermesh_requests_waiting", ())] == 4
+        assert sched_samples[("infermesh_kv_cache_usage_ratio", ())] == 0.25
         assert sched_samples[("infermesh_prefix_cache_queries_total", ())] == 32
         assert sched_samples[("infermesh_prefix_cache_hits_total", ())] == 16
         assert sched_samples[("infermesh_preemptions_total", ())] == 1
@@ -86,5 +103,26 @@ def test_taken_port_and_bad_port_are_refused() -> None:
             start_metrics_server(server.port, create_registry())
         with pytest.raises(ValueError, match="0..65535"):
             start_metrics_server(70000, registry)
+    finally:
+        server.stop()
+
+
+def test_scheduler_state_before_the_scheduler_exists_and_on_read_failure() -> None:
+    registry = create_registry()
+    answers: list[object] = [None, RuntimeError("event loop closed")]
+
+    def read_load() -> SchedulerLoadFigures | None:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    SchedulerMetrics(registry, read_load)
+    server = start_metrics_server(0, registry)
+    try:
+        for _ in range(2):
+            samples = _scrape(server.url)
+            assert ("infermesh_requests_running", ()) not in samples
+            assert samples[("infermesh_engine_steps_total", ())] == 0
     finally:
         server.stop()
