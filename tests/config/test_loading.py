@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 
 import pytest
 from infermesh_shared.config import ConfigError, load_schema, resolve_config
@@ -275,3 +277,22 @@ def test_config_file_must_hold_a_mapping(write_file):
     with pytest.raises(ConfigError) as err:
         resolve_config("scheduler", ["--config-file", str(path)])
     assert err.value.causes == [f"config file {path} must hold a mapping of options, not a list"]
+
+
+def test_config_survives_pickle_and_deepcopy(llama_dir):
+    # Services hand the config to child processes (spawn pickles it).
+    cfg = resolve_config("scheduler", ["--model-path", str(llama_dir), "--max-batch-size", "8"])
+    for clone in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg)):
+        assert clone.to_dict() == cfg.to_dict()
+        assert clone.max_batch_size == 8
+        assert clone.model_metadata == cfg.model_metadata
+        assert clone.source("max_batch_size") == "flag"
+
+
+def test_error_from_a_grouped_key_names_what_the_user_wrote(llama_dir, write_file):
+    path = write_file("s.yaml", f"model_path: {llama_dir}\nmemory_config: {{mem_fraction_static: 1.5}}\n")
+    with pytest.raises(ConfigError) as err:
+        resolve_config("scheduler", ["--config-file", str(path)])
+    assert err.value.causes == [
+        "gpu_memory_utilization must be in range (0.0, 1.0] (given as memory_config.mem_fraction_static)"
+    ]

@@ -156,3 +156,21 @@ def test_config_validate_subcommand(llama_dir, capsys):
         ["config", "validate", "scheduler", "--model-path", str(llama_dir), "--block-size", "0"], capsys
     )
     assert status == 2 and "Caused by: block_size must be > 0" in err
+
+
+def test_imported_aiconfigurator_result_translates_to_engine_flags(tmp_path, capsys):
+    imported = tmp_path / "imported.yaml"
+    run_cli(["config", "import-aiconfigurator", str(EXAMPLES / "aiconfigurator-llama70b.yaml"), "-o", str(imported)],
+            capsys)  # fmt: skip
+    status, out, err = run_cli(["config", "translate", "--to", "vllm", str(imported)], capsys)
+    assert status == 0
+    assert out == "--tensor-parallel-size 4 --pipeline-parallel-size 2\n"
+    assert err == "# no vllm equivalent, not translated: num_workers = 8\n"
+
+
+def test_infermesh_command_has_the_config_subcommands(write_file, capsys):
+    from infermesh_cli.__main__ import main
+
+    path = write_file("structured.yaml", SEED_003_STRUCTURED)
+    assert main(["config", "translate", "--to", "sglang", str(path)]) == 0
+    assert "--tp-size 4 --pp-size 2" in capsys.readouterr().out

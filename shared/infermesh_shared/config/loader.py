@@ -36,6 +36,8 @@ class Config:
         self.model_metadata = model_metadata  # scheduler only: read from model_path
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # pickle/copy probe dunders before the slots are set
+            raise AttributeError(name)
         try:
             return self._values[name]
         except KeyError:
