@@ -8,7 +8,7 @@ import sys
 
 from infermesh_shared.config import load_config
 from infermesh_shared.config.model_metadata import ModelMetadataError, read_model_metadata
-from infermesh_shared.telemetry.structured_logging import configure_logging
+from infermesh_shared.telemetry import configure_logging, init_tracing, shutdown_tracing
 
 from infermesh_scheduler.server import StartupError, serve
 
@@ -26,11 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     except ModelMetadataError as err:
         print(f"Error: Model metadata read failed\n  Caused by: {err}", file=sys.stderr)
         return 2
+    init_tracing(cfg.service_name, cfg.tracing_exporter, cfg.otlp_endpoint, cfg.tracing_sample_ratio)
     try:
         asyncio.run(serve(cfg, metadata))
     except StartupError as err:
         print(f"Error: scheduler cannot start\n  Caused by: {err}", file=sys.stderr)
         return 2
+    finally:
+        shutdown_tracing()
     return 0
 
 

@@ -11,7 +11,9 @@ from typing import Any
 import grpc
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 from infermesh_shared.config.model_metadata import ModelMetadata
+from infermesh_shared.discovery.redis_registration import RedisRegistration
 from infermesh_shared.grpc_server import add_health_and_reflection
+from infermesh_shared.telemetry import aio_server_interceptors
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
 from infermesh_scheduler.core.scheduler import Scheduler
@@ -59,6 +61,9 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         max_model_len = resolve_max_model_len(cfg.max_model_len, metadata)
     except ValueError as err:
         raise StartupError(str(err)) from None
+    if cfg.metrics_port:
+        # Refused rather than ignored until the scheduler's /metrics endpoint is wired in.
+        raise StartupError("metrics_port: the scheduler has no /metrics endpoint yet; leave it at 0")
     if cfg.num_workers < cfg.tp_size * cfg.pp_size:
         raise StartupError(
             f"num_workers ({cfg.num_workers}) must be >= tp_size * pp_size ({cfg.tp_size * cfg.pp_size})"
@@ -75,6 +80,7 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
     server = grpc.aio.server(
         migration_thread_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        interceptors=aio_server_interceptors(),
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
 
@@ -141,6 +147,17 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         cfg.tp_size,
         cfg.pp_size,
     )
+    registration = None
+    if cfg.redis_url:
+        registration = RedisRegistration(cfg.redis_url, cfg.advertise_address or f"{cfg.host}:{port}",
+                                         ttl_s=cfg.redis_ttl_ms / 1000.0)
+        try:
+            await asyncio.to_thread(registration.start)
+        except Exception as err:
+            await engine.stop()
+            await server.stop(0)
+            await group.stop()
+            raise StartupError(f"cannot register in Redis at {cfg.redis_url}: {err}") from None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -149,6 +166,8 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         await stop.wait()
     finally:
         logger.info("scheduler shutting down")
+        if registration is not None:
+            await asyncio.to_thread(registration.stop)
         await engine.stop()
         await server.stop(_SHUTDOWN_GRACE_S)
         await group.stop()
