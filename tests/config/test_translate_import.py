@@ -160,8 +160,8 @@ def test_config_validate_subcommand(llama_dir, capsys):
 
 def test_imported_aiconfigurator_result_translates_to_engine_flags(tmp_path, capsys):
     imported = tmp_path / "imported.yaml"
-    run_cli(["config", "import-aiconfigurator", str(EXAMPLES / "aiconfigurator-llama70b.yaml"), "-o", str(imported)],
-            capsys)  # fmt: skip
+    source = str(EXAMPLES / "aiconfigurator-llama70b.yaml")
+    run_cli(["config", "import-aiconfigurator", source, "-o", str(imported)], capsys)
     status, out, err = run_cli(["config", "translate", "--to", "vllm", str(imported)], capsys)
     assert status == 0
     assert out == "--tensor-parallel-size 4 --pipeline-parallel-size 2\n"
