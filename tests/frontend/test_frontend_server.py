@@ -89,7 +89,9 @@ def fake(fake_server: tuple[FakeScheduler, str], tokenizer: FrontendTokenizer) -
     return scheduler
 
 
-def _start_frontend(loop: LoopThread, model_dir: Path, addresses: list[str]) -> tuple[FrontendServer, str]:
+def _start_frontend(
+    loop: LoopThread, model_dir: Path, addresses: list[str], metrics_port: int = 0
+) -> tuple[FrontendServer, str]:
     async def start() -> FrontendServer:
         settings = FrontendSettings(
             model_path=str(model_dir),
@@ -97,6 +99,7 @@ def _start_frontend(loop: LoopThread, model_dir: Path, addresses: list[str]) -> 
             default_max_tokens=16,
             max_stop_strings=4,
             health_check_interval_ms=100,
+            metrics_port=metrics_port,
         )
         server = FrontendServer(settings)
         await server.start()
@@ -399,3 +402,24 @@ def test_generate_command_reports_errors(frontend_address: str, fake: FakeSchedu
         _run_generate_command(["generate", "--address", frontend_address, "--max-tokens", "500", "Hi"]) == 1
     )
     assert "Error: INVALID_ARGUMENT: prompt (3 tokens) + max_tokens (500)" in capsys.readouterr().err
+
+
+def test_metrics_endpoint_counts_requests(loop: LoopThread, model_dir: Path, fake_server, fake) -> None:
+    import urllib.request
+
+    metrics_port = int(_dead_address().rsplit(":", 1)[1])
+    server, address = _start_frontend(loop, model_dir, [fake_server[1]], metrics_port=metrics_port)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = frontend_pb2_grpc.FrontendServiceStub(channel)
+            stub.Generate(frontend_pb2.GenerateRequest(input=_input("Hi")), timeout=RPC_TIMEOUT_S)
+            with pytest.raises(grpc.RpcError):
+                stub.Generate(frontend_pb2.GenerateRequest(input=_input("")), timeout=RPC_TIMEOUT_S)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+    finally:
+        loop.run(server.stop(0))
+    assert 'infermesh_requests_total{status="ok"} 1.0' in text
+    assert 'infermesh_requests_total{status="invalid_argument"} 1.0' in text
+    assert "infermesh_time_to_first_token_seconds_count 1.0" in text
+    assert f"infermesh_generation_tokens_total {float(len(fake.tokens))}" in text

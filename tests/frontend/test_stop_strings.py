@@ -34,10 +34,17 @@ def test_held_text_released_when_it_stops_being_a_prefix() -> None:
     assert shown == ["hello ", "ENx", " tail", ""]
 
 
-def test_earliest_match_wins_over_list_order() -> None:
+def test_first_completed_match_wins_over_list_order() -> None:
     shown, matched = _run(["world", "lo w"], ["hello world"])
     assert matched == "lo w"
     assert "".join(shown) == "hel"
+
+
+def test_result_does_not_depend_on_delta_cuts() -> None:
+    # 'b' completes before 'aba' could, whether the text comes whole or in pieces.
+    assert _run(["b", "aba"], ["aaba"])[1] == "b"
+    assert _run(["b", "aba"], ["aab", "a"])[1] == "b"
+    assert "".join(_run(["b", "aba"], ["a", "a", "b", "a"])[0]) == "aa"
 
 
 def test_overlapping_prefixes_hold_the_longest() -> None:
@@ -71,11 +78,12 @@ def test_streamed_result_equals_whole_text_search(text: str, stops: list[str], c
     points = sorted({min(cut, len(text)) for cut in cuts} | {0, len(text)})
     deltas = [text[a:b] for a, b in zip(points, points[1:], strict=False)]
     shown, matched = _run(stops, deltas)
-    found = [(text.find(stop), stop) for stop in stops if stop in text]
+    # Oracle: the stop string that completes first in the whole text (ties: the one starting first).
+    found = [(text.find(stop) + len(stop), text.find(stop), stop) for stop in stops if stop in text]
     if not found:
         assert matched is None
         assert "".join(shown) == text
     else:
-        earliest = min(position for position, _ in found)
-        assert "".join(shown) == text[:earliest]
-        assert matched is not None and text.startswith(matched, earliest)
+        _, start, _ = min(found)
+        assert "".join(shown) == text[:start]
+        assert matched is not None and text.startswith(matched, start)

@@ -17,6 +17,7 @@ class CompletionDelta:
 
     index: int
     text: str = ""
+    request_id: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     # FINISH_REASON_UNSPECIFIED until the completion's last delta.

@@ -35,6 +35,8 @@ class PreparedRequest:
     context: RequestContext
     # Time allowed for the whole request (ms); 0 means none.
     timeout_ms: int = 0
+    # Replicas the request may be tried on (it moves on only while none has answered yet).
+    max_attempts: int = 3
 
 
 class Generation:
@@ -94,12 +96,13 @@ class Generation:
             self.replica = replica
             retry = False
             # aclosing: when our consumer stops early, the replica stream's cleanup (Abort) runs now.
-            is_last = len(tried) == len(self._pool.replicas)
+            is_last = len(tried) >= min(len(self._pool.replicas), max(1, self._request.max_attempts))
             async with contextlib.aclosing(self._stream_from(replica, is_last_replica=is_last)) as deltas:
                 async for delta in deltas:
                     if delta is None:
                         retry = True
                         break
+                    delta.request_id = self.request_id
                     yield delta
             if not retry:
                 return

@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
 from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
+from infermesh_shared.telemetry.metrics_server import MetricsServer, create_registry, start_metrics_server
+from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
 from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.request_error import RequestError
@@ -39,6 +41,10 @@ class FrontendSettings:
     max_stop_strings: int = 16
     request_timeout_ms: int = 0
     health_check_interval_ms: int = 1000
+    # Replicas a request may be tried on before it fails with UNAVAILABLE.
+    failover_max_attempts: int = 3
+    # Port of the Prometheus /metrics endpoint; 0 = off.
+    metrics_port: int = 0
     client_interceptors: list[Any] = field(default_factory=list)
     server_interceptors: list[Any] = field(default_factory=list)
 
@@ -82,6 +88,8 @@ class FrontendSettings:
             max_stop_strings=cfg.max_stop_strings,
             request_timeout_ms=cfg.request_timeout_ms,
             health_check_interval_ms=cfg.health_check_interval_ms,
+            failover_max_attempts=cfg.failover_max_attempts,
+            metrics_port=cfg.metrics_port,
         )
 
 
@@ -95,6 +103,9 @@ class FrontendServer:
             settings.scheduler_addresses, settings.dispatch_policy, interceptors=settings.client_interceptors
         )
         self.model_info = ModelInfoSource(self.pool)
+        self.registry = create_registry()
+        self.metrics = RequestMetrics(self.registry)
+        self.metrics_server: MetricsServer | None = None
         self.server = grpc.aio.server(interceptors=settings.server_interceptors or None)
         servicer = FrontendServicer(
             self.tokenizer,
@@ -103,6 +114,8 @@ class FrontendServer:
             default_max_tokens=settings.default_max_tokens,
             max_stop_strings=settings.max_stop_strings,
             request_timeout_ms=settings.request_timeout_ms,
+            failover_max_attempts=settings.failover_max_attempts,
+            metrics=self.metrics,
         )
         frontend_pb2_grpc.add_FrontendServiceServicer_to_server(servicer, self.server)
         self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
@@ -117,6 +130,11 @@ class FrontendServer:
         if self.port == 0:
             raise OSError(f"cannot bind the frontend to {address}")
         await self.server.start()
+        if self.settings.metrics_port:
+            self.metrics_server = start_metrics_server(
+                self.settings.metrics_port, self.registry, self.settings.host
+            )
+            logger.info("metrics at %s", self.metrics_server.url)
         self._health_task = asyncio.get_running_loop().create_task(self._check_schedulers())
         return self.port
 
@@ -159,3 +177,5 @@ class FrontendServer:
                 pass
         await self.server.stop(grace_s)
         await self.pool.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -10,9 +11,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc, scheduler_pb2
+from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
 from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.generation import Generation, PreparedRequest
+from infermesh_frontend.generation_metrics import GenerationTimer
 from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.sampling_params import InvalidRequestError, SamplingLimits, resolve_sampling_params
@@ -33,6 +36,8 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
         default_max_tokens: int,
         max_stop_strings: int,
         request_timeout_ms: int,
+        failover_max_attempts: int = 3,
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self._tokenizer = tokenizer
         self._pool = pool
@@ -40,6 +45,8 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
         self._default_max_tokens = default_max_tokens
         self._max_stop_strings = max_stop_strings
         self._request_timeout_ms = request_timeout_ms
+        self._metrics = metrics
+        self._failover_max_attempts = failover_max_attempts
 
     async def _prepare(self, request_input: frontend_pb2.GenerateInput) -> PreparedRequest:
         """Validates `request_input` and turns it into a SubmitRequest; raises RequestError."""
@@ -80,46 +87,63 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
             session_id=request_input.session_id,
             client_id=request_input.client_id,
         )
-        return PreparedRequest(submit, list(request_input.sampling.stop), context, timeout_ms)
+        return PreparedRequest(
+            submit, list(request_input.sampling.stop), context, timeout_ms, self._failover_max_attempts
+        )
 
-    def _generation(self, prepared: PreparedRequest) -> Generation:
-        return Generation(self._pool, prepared, self._tokenizer.decode)
+    async def _run(self, request_input: frontend_pb2.GenerateInput) -> AsyncIterator[CompletionDelta]:
+        """Prepares, runs and times one request; yields its deltas; raises RequestError."""
+        timer = GenerationTimer(self._metrics)
+        try:
+            prepared = await self._prepare(request_input)
+            generation = Generation(self._pool, prepared, self._tokenizer.decode)
+            async with contextlib.aclosing(generation.stream()) as deltas:
+                async for delta in deltas:
+                    timer.tokens_arrived(len(delta.token_ids))
+                    if delta.usage is not None:
+                        timer.finished(delta.usage)
+                    yield delta
+        except RequestError as error:
+            timer.failed(error.code)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            timer.failed(grpc.StatusCode.CANCELLED)
+            raise
 
     async def Generate(
         self, request: frontend_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> frontend_pb2.GenerateResponse:
+        completions: dict[int, frontend_pb2.Completion] = {}
+        request_id = ""
+        usage = None
         try:
-            prepared = await self._prepare(request.input)
-            generation = self._generation(prepared)
-            async with contextlib.aclosing(generation.stream()) as deltas:
-                async for _ in deltas:
-                    pass
+            async with contextlib.aclosing(self._run(request.input)) as deltas:
+                async for delta in deltas:
+                    completion = completions.setdefault(
+                        delta.index, frontend_pb2.Completion(index=delta.index)
+                    )
+                    completion.text += delta.text
+                    completion.token_ids.extend(delta.token_ids)
+                    completion.logprobs.extend(delta.logprobs)
+                    if delta.finish_reason:
+                        completion.finish_reason = delta.finish_reason
+                        completion.matched_stop = delta.matched_stop
+                    request_id = delta.request_id
+                    if delta.usage is not None:
+                        usage = delta.usage
         except RequestError as error:
             await context.abort(error.code, error.message)
-        completions = [
-            frontend_pb2.Completion(
-                index=output.index,
-                text=output.text,
-                token_ids=output.token_ids,
-                finish_reason=output.finish_reason,
-                logprobs=output.logprobs,
-                matched_stop=output.matched_stop,
-            )
-            for output in generation.outputs
-        ]
         return frontend_pb2.GenerateResponse(
-            request_id=generation.request_id, completions=completions, usage=generation.usage()
+            request_id=request_id, completions=[completions[i] for i in sorted(completions)], usage=usage
         )
 
     async def GenerateStream(
         self, request: frontend_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[frontend_pb2.GenerateStreamResponse]:
         try:
-            prepared = await self._prepare(request.input)
-            generation = self._generation(prepared)
-            async with contextlib.aclosing(generation.stream()) as deltas:
+            async with contextlib.aclosing(self._run(request.input)) as deltas:
                 async for delta in deltas:
-                    yield _stream_message(generation.request_id, delta)
+                    yield _stream_message(delta)
         except RequestError as error:
             await context.abort(error.code, error.message)
 
@@ -160,9 +184,9 @@ def _effective_timeout_ms(request_timeout_ms: int, service_timeout_ms: int) -> i
     return request_timeout_ms if request_timeout_ms > 0 else service_timeout_ms
 
 
-def _stream_message(request_id: str, delta: CompletionDelta) -> frontend_pb2.GenerateStreamResponse:
+def _stream_message(delta: CompletionDelta) -> frontend_pb2.GenerateStreamResponse:
     message = frontend_pb2.GenerateStreamResponse(
-        request_id=request_id,
+        request_id=delta.request_id,
         index=delta.index,
         text=delta.text,
         token_ids=delta.token_ids,

@@ -1,4 +1,4 @@
-"""Stop strings over streamed text: the output ends right before the earliest match."""
+"""Stop strings over streamed text: the output ends right before the first stop string to complete."""
 
 from __future__ import annotations
 
@@ -38,16 +38,21 @@ class StopStringMatcher:
         if not self._stops:
             return StopCheck(delta)
         buffer = self._held + delta
-        # Everything before `_held` was checked already, so the earliest match lies in buffer.
-        best: tuple[int, str] | None = None
+        # Everything before `_held` was checked already, so any match lies in buffer. The stop
+        # string that completes first wins (as if text came one character at a time, so the
+        # result does not depend on how the text was cut into deltas); on a tie, the longer one.
+        best: tuple[int, int, str] | None = None
         for stop in self._stops:
             position = buffer.find(stop)
-            if position >= 0 and (best is None or position < best[0]):
-                best = (position, stop)
+            if position >= 0:
+                candidate = (position + len(stop), position, stop)
+                if best is None or candidate[:2] < best[:2]:
+                    best = candidate
         if best is not None:
+            _, position, stop = best
             self._held = ""
-            self.matched_stop = best[1]
-            return StopCheck(buffer[: best[0]], best[1])
+            self.matched_stop = stop
+            return StopCheck(buffer[:position], stop)
         keep = self._longest_suffix_that_starts_a_stop(buffer)
         self._held = buffer[len(buffer) - keep :] if keep else ""
         return StopCheck(buffer[: len(buffer) - keep])

@@ -1,0 +1,46 @@
+"""Per-request timing (TTFT, inter-token latency, end-to-end) fed into the Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from infermesh.v1 import common_pb2
+from infermesh_shared.telemetry.request_metrics import RequestMetrics
+
+
+class GenerationTimer:
+    """Watches one request's deltas and records its latencies; does nothing without metrics."""
+
+    def __init__(self, metrics: RequestMetrics | None) -> None:
+        self._metrics = metrics
+        self._start = time.monotonic()
+        self._last_token_at: float | None = None
+
+    def tokens_arrived(self, count: int) -> None:
+        """Records the arrival of `count` new tokens (of any completion)."""
+        if self._metrics is None or count == 0:
+            return
+        now = time.monotonic()
+        if self._last_token_at is None:
+            self._metrics.time_to_first_token.observe(now - self._start)
+        else:
+            # Tokens that arrive together share the gap since the previous arrival.
+            gap = (now - self._last_token_at) / count
+            for _ in range(count):
+                self._metrics.inter_token_latency.observe(gap)
+        self._last_token_at = now
+
+    def finished(self, usage: common_pb2.Usage) -> None:
+        """Records a request that ended normally."""
+        if self._metrics is None:
+            return
+        self._metrics.e2e_request_latency.observe(time.monotonic() - self._start)
+        self._metrics.prompt_tokens.inc(usage.prompt_tokens)
+        self._metrics.generation_tokens.inc(usage.completion_tokens)
+        self._metrics.request_ended(grpc.StatusCode.OK)
+
+    def failed(self, code: grpc.StatusCode) -> None:
+        """Records a request that ended with an error status (or was cancelled)."""
+        if self._metrics is not None:
+            self._metrics.request_ended(code)
