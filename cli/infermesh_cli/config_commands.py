@@ -12,6 +12,7 @@ from pathlib import Path
 from infermesh_shared.config import SERVICES, ConfigError, load_config, load_schema
 from infermesh_shared.config.aiconfigurator import import_aiconfigurator_file
 from infermesh_shared.config.errors import EXIT_INVALID_CONFIG
+from infermesh_shared.config.reference import render_markdown
 from infermesh_shared.config.translate import TARGETS, translate_file
 
 
@@ -63,8 +64,14 @@ def run_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_docs(args: argparse.Namespace) -> int:
+    """Print a service's options as a Markdown reference."""
+    sys.stdout.write(render_markdown(args.service))
+    return 0
+
+
 def add_config_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `infermesh config {translate,import-aiconfigurator,validate,schema}`."""
+    """Register `infermesh config {translate,import-aiconfigurator,validate,schema,docs}`."""
     config = subparsers.add_parser("config", help="Translate, import, validate and describe configs.")
     commands = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
 
@@ -100,3 +107,7 @@ def add_config_subcommands(subparsers: argparse._SubParsersAction) -> None:
     schema = commands.add_parser("schema", help="Print a service's JSON Schema.")
     schema.add_argument("service", choices=SERVICES)
     schema.set_defaults(handler=run_schema)
+
+    docs = commands.add_parser("docs", help="Print a service's options as a Markdown reference.")
+    docs.add_argument("service", choices=SERVICES)
+    docs.set_defaults(handler=run_docs)

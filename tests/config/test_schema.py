@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from infermesh_shared.config import SERVICES, load_schema
+from infermesh_shared.config.reference import render_markdown
 from infermesh_shared.config.schema import property_types
 from jsonschema import Draft202012Validator
 
@@ -81,3 +82,10 @@ def test_scheduler_schema_covers_seed_000():
     assert props["log_level"]["enum"] == ["trace", "debug", "info", "warn", "error"]
     assert props["dtype"]["enum"] == ["bf16", "fp16", "fp32"]
     assert "model_path" in load_schema("scheduler")["required"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_markdown_reference_lists_every_option(service):
+    text = render_markdown(service)
+    for key in load_schema(service)["properties"]:
+        assert f"| `{key}` | `--{key.replace('_', '-')}" in text

@@ -185,7 +185,7 @@ class Normalised:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML or JSON file (by extension; other extensions: JSON, then YAML)."""
+    """The mapping in a config file: .json is read as JSON, anything else as YAML."""
     path = Path(path)
     try:
         text = path.read_text()
