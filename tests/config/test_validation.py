@@ -125,8 +125,11 @@ def test_tp_size_must_divide_the_heads(llama_dir):
 
 def test_custom_config_must_be_a_json_object(llama_dir):
     with pytest.raises(ConfigError) as err:
+        resolve_config("scheduler", ["--model-path", str(llama_dir), "--custom-config", "{max_len: 3}"])
+    assert err.value.causes[0].startswith("custom_config is not valid JSON: ")
+    with pytest.raises(ConfigError) as err:
         resolve_config("scheduler", ["--model-path", str(llama_dir), "--custom-config", "[1, 2]"])
-    assert err.value.causes == ["model metadata read failed: custom_config must be a JSON object (got list)"]
+    assert err.value.causes == ["custom_config must be a JSON object (got list)"]
 
 
 def test_option_that_does_nothing_in_this_configuration_is_refused(llama_dir):

@@ -149,6 +149,9 @@ def _workers_cover_parallelism(values: dict[str, Any], out: Validated) -> list[s
 def _model_metadata(values: dict[str, Any], out: Validated) -> list[str]:
     try:
         parse_custom_config(values.get("custom_config"))
+    except ModelMetadataError as exc:
+        return [str(exc)]
+    try:
         out.metadata = read_model_metadata(values["model_path"], values.get("custom_config"))
     except ModelMetadataError as exc:
         return [f"model metadata read failed: {exc}"]
