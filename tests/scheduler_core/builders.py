@@ -40,7 +40,7 @@ def make_spec(
     prompt: list[int],
     max_tokens: int = 8,
     *,
-    priority: int = 0,
+    priority: int | None = 0,
     priority_class: PriorityClass = PriorityClass.THROUGHPUT,
     deadline: float | None = None,
     client_id: str = "c",

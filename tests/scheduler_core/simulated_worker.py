@@ -56,7 +56,9 @@ class SimulatedWorker:
             assert new.seq_id not in self.seqs, f"NewSequence {new.seq_id} already held by the worker"
             assert 0 <= new.num_computed_tokens < len(new.token_ids)
             assert len(new.block_ids) * self.block_size >= new.num_computed_tokens + new.num_scheduled_tokens
-            self.seqs[new.seq_id] = _WorkerSeq(list(new.token_ids), list(new.block_ids), new.num_computed_tokens)
+            self.seqs[new.seq_id] = _WorkerSeq(
+                list(new.token_ids), list(new.block_ids), new.num_computed_tokens
+            )
             work.append((new.seq_id, new.num_scheduled_tokens))
         for run in plan.running_sequences:
             state = self.seqs[run.seq_id]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
 from infermesh_scheduler.core import (
     FinishReason,
     InvalidRequestError,
@@ -14,6 +13,7 @@ from infermesh_scheduler.core import (
     QueueFullError,
     Scheduler,
 )
+
 from tests.scheduler_core.builders import assert_all_blocks_free, make_config, make_spec
 from tests.scheduler_core.simulated_worker import SimulatedWorker
 
@@ -153,7 +153,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         self._take(outputs)
 
     def _check_admission_order(self, plan) -> None:
-        req_of = {s.seq_id: s.request.spec.request_id for r in self.sched._requests.values() for s in r.sequences}
+        req_of = {
+            s.seq_id: s.request.spec.request_id for r in self.sched._requests.values() for s in r.sequences
+        }
         firsts = [req_of[n.seq_id] for n in plan.new_sequences if n.seq_id in req_of]
         for rid in firsts:
             self.started.add(rid)

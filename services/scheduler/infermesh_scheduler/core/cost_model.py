@@ -43,7 +43,8 @@ class StepCostModel:
 
     def tokens_within(self, seconds: float) -> int:
         """Most tokens one step can hold and still take at most this long."""
-        return int(max(0.0, seconds - self.fixed_s) / self.per_token_s)
+        # The epsilon keeps an exact fit (399.9999... tokens) from losing a token to rounding.
+        return int(max(0.0, seconds - self.fixed_s) / self.per_token_s + 1e-6)
 
     def service_time(self, prefill_tokens: int, decode_tokens: int) -> float:
         """Rough seconds to prefill and then decode one token per step."""

@@ -32,7 +32,8 @@ class RequestSpec:
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingOptions
-    priority: int
+    # Larger runs first under the priority policy; None takes the scheduler's default_priority.
+    priority: int | None
     priority_class: PriorityClass
     # Absolute wall-clock deadline (time.time() seconds); None means none.
     deadline: float | None

@@ -185,7 +185,8 @@ class Scheduler:
         cfg = self.config
         arrival = self._next_arrival
         self._next_arrival += 1
-        priority = spec.priority
+        # None means the client left it unset (proto `optional int32 priority`).
+        priority = cfg.default_priority if spec.priority is None else spec.priority
         now = self._clock()
         if spec.deadline is not None:
             deadline_mono = spec.deadline - self._wall_clock() + now
