@@ -237,3 +237,13 @@ def test_worker_scheduler_address_format():
         resolve_config("worker", ["--scheduler-address", "unix:/tmp/s.sock"]).scheduler_address
         == "unix:/tmp/s.sock"
     )
+
+
+def test_validate_shows_not_applicable_notes(llama_dir, write_file, capsys):
+    path = write_file("s.yaml", f"model_path: {llama_dir}\nmemory_config: {{enforce_eager: false}}\n")
+    status, out, err = run_load("scheduler", ["--config-file", str(path), "--validate"], capsys)
+    assert status == 0 and json.loads(out)["model_path"] == str(llama_dir)
+    assert err == (
+        "note: memory_config.enforce_eager is not applicable: "
+        "infermesh always runs the model eagerly (no CUDA graphs)\n"
+    )

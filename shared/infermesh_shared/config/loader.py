@@ -123,6 +123,8 @@ def load_config(service: str, argv: Sequence[str] | None = None) -> Config:
         sys.stderr.write(exc.render())
         raise SystemExit(EXIT_INVALID_CONFIG) from None
     if flags.validate:
+        for note in config.notes:
+            sys.stderr.write(f"note: {note}\n")
         sys.stdout.write(json.dumps(config.to_dict(), indent=2) + "\n")
         raise SystemExit(0)
     return config
