@@ -153,3 +153,73 @@ def test_client_cancel_of_waiting_request_frees_queue(slow_served):
     running.cancel()
     wait_all_blocks_free(stub)
     assert_no_plan_errors(worker)
+
+
+@pytest.fixture
+def tiny_queue(model_dir, request):
+    """One running sequence, a queue of one, the overflow policy given by the test's param."""
+    scheduler = start_scheduler(
+        model_dir,
+        "--total-blocks",
+        "64",
+        "--block-size",
+        "4",
+        "--max-batch-size",
+        "1",
+        "--max-queue-size",
+        "1",
+        "--queue-overflow-policy",
+        request.param,
+    )
+    worker = None
+    try:
+        worker = start_fake_worker(scheduler.address, "tq-0", "--step-delay-ms", "10")
+        with grpc.insecure_channel(scheduler.address) as channel:
+            yield scheduler_pb2_grpc.SchedulerServiceStub(channel), worker
+    finally:
+        if worker is not None:
+            worker.stop()
+        scheduler.stop()
+
+
+def _fill(stub, running_tokens: int):
+    """A running request and a waiting one: the queue of one is full."""
+    running = stub.Submit(submit_request("fill-run", [5], running_tokens, ignore_eos=True), timeout=30)
+    next(running)
+    waiting = stub.Submit(submit_request("fill-wait", [7], 3), timeout=30)
+    deadline = time.monotonic() + 10
+    while load(stub).num_waiting < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return running, waiting
+
+
+@pytest.mark.parametrize("tiny_queue", ["block"], indirect=True)
+def test_block_policy_waits_for_room_unless_non_blocking(tiny_queue):
+    stub, worker = tiny_queue
+    running, waiting = _fill(stub, 30)
+    err = submit_error(stub, submit_request("nb", [9], 3, non_blocking=True))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_queue_size=1" in err.details()
+    # A blocking submit waits until fill-wait starts running, then runs itself.
+    blocked = [t for r in stub.Submit(submit_request("blocked", [9], 3), timeout=30) for t in r.token_ids]
+    assert blocked == [10, 11, 12]
+    assert [t for r in waiting for t in r.token_ids] == [8, 9, 10]
+    assert len([t for r in running for t in r.token_ids]) == 29  # the first token was read by _fill
+    wait_all_blocks_free(stub)
+    assert_no_plan_errors(worker)
+
+
+@pytest.mark.parametrize("tiny_queue", ["drop_oldest"], indirect=True)
+def test_drop_oldest_policy_ends_the_oldest_waiting_request(tiny_queue):
+    stub, worker = tiny_queue
+    running, waiting = _fill(stub, 30)
+    newest = [t for r in stub.Submit(submit_request("newest", [9], 3), timeout=30) for t in r.token_ids]
+    assert newest == [10, 11, 12]
+    with pytest.raises(grpc.RpcError) as err:
+        list(waiting)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "drop_oldest" in err.value.details()
+    running.cancel()
+    wait_all_blocks_free(stub)
+    assert_no_plan_errors(worker)

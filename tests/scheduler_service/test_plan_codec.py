@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from infermesh.v1 import worker_pb2
-
 from infermesh_scheduler.core.request import SamplingOptions
 from infermesh_scheduler.core.step_plan import BlockMove, NewSequence, RunningSequence, StepPlan
 from infermesh_scheduler.plan_codec import plan_to_proto, tokens_from_proto

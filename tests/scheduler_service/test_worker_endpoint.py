@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from infermesh_scheduler.worker_endpoint import WorkerEndpointError, listen_address
 from infermesh_scheduler.worker_group import rendezvous_host
 

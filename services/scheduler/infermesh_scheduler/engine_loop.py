@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # While requests wait for the group to come back, deadlines are still checked this often (s).
 _DEADLINE_POLL_S = 0.05
+# Group states in which requests are refused and live ones end with UNAVAILABLE.
+_REFUSING = (GroupState.DOWN, GroupState.MISCONFIGURED)
 # Health (queue depth) is re-evaluated at most this often while steps run (s).
 _LOAD_REPORT_INTERVAL_S = 0.02
 
@@ -67,6 +69,7 @@ class EngineLoop:
         self._scheduler_ready = asyncio.Event()
         # Replaced after each set so that every waiter of the old one wakes exactly once.
         self._room = asyncio.Event()
+        self._room_waiters = 0
         self._last_load_report = 0.0
         self._resets_seen = 0
         self._task: asyncio.Task[None] | None = None
@@ -82,6 +85,8 @@ class EngineLoop:
 
     def on_group_changed(self) -> None:
         """Called by the worker group on any state change (broken, down, ready)."""
+        if self._scheduler is None and self._group.state in _REFUSING:
+            self._scheduler_ready.set()  # wakes submits waiting for a group that will not form
         self._wake.set()
         self._on_load_change()
 
@@ -127,7 +132,7 @@ class EngineLoop:
         try:
             scheduler = await self._wait_for_scheduler(deadline)
             while True:
-                if self._group.state is GroupState.DOWN:
+                if self._group.state in _REFUSING:
                     raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
                 if self._streams.get(spec.request_id) is not stream:
                     raise SubmitRejected(
@@ -164,6 +169,8 @@ class EngineLoop:
     async def _wait_for_scheduler(self, deadline: float | None) -> Scheduler:
         if self._scheduler is not None:
             return self._scheduler
+        if self._group.state in _REFUSING:
+            raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
         timeout = self._settings.group_recovery_timeout_s
         deadline_first = deadline is not None and deadline - time.monotonic() < timeout
         if deadline_first:
@@ -177,12 +184,14 @@ class EngineLoop:
                     "the request's deadline passed while the scheduler waited for its worker group to start",
                 ) from None
             raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message()) from None
-        assert self._scheduler is not None
+        if self._scheduler is None:  # woken because the group can never form as configured
+            raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
         return self._scheduler
 
     async def _wait_for_room(self, deadline: float | None) -> None:
         room = self._room
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self._room_waiters += 1
         try:
             await asyncio.wait_for(room.wait(), timeout)
         except asyncio.TimeoutError:
@@ -191,6 +200,8 @@ class EngineLoop:
                 "the request's deadline passed while it waited for room in the full queue "
                 "(queue_overflow_policy=block)",
             ) from None
+        finally:
+            self._room_waiters -= 1
 
     def _signal_room(self) -> None:
         room, self._room = self._room, asyncio.Event()
@@ -239,7 +250,7 @@ class EngineLoop:
             self._resets_seen = self._group.failures
             scheduler.reset_worker_state()
             logger.warning("worker group lost its KV cache: every live sequence will be recomputed")
-        if self._group.state is GroupState.DOWN and self._streams:
+        if self._group.state in _REFUSING and self._streams:
             self._fail_all(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
         expired = scheduler.expire_deadlines(time.time())
         if expired:
@@ -301,7 +312,7 @@ class EngineLoop:
         outputs = scheduler.update(plan, sampled)
         scheduler.record_step_time(plan, time.perf_counter() - started)
         self._route(outputs)
-        if any(o.finish_reason is not None or o.error is not None for o in outputs):
+        if self._room_waiters and scheduler.has_queue_room():
             self._signal_room()
         if started - self._last_load_report > _LOAD_REPORT_INTERVAL_S:
             self._last_load_report = started

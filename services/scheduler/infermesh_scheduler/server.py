@@ -149,8 +149,9 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
     )
     registration = None
     if cfg.redis_url:
-        registration = RedisRegistration(cfg.redis_url, cfg.advertise_address or f"{cfg.host}:{port}",
-                                         ttl_s=cfg.redis_ttl_ms / 1000.0)
+        registration = RedisRegistration(
+            cfg.redis_url, cfg.advertise_address or f"{cfg.host}:{port}", ttl_s=cfg.redis_ttl_ms / 1000.0
+        )
         try:
             await asyncio.to_thread(registration.start)
         except Exception as err:

@@ -417,7 +417,7 @@ class WorkerGroup:
         if self.state is not GroupState.READY and self.state is not GroupState.MISCONFIGURED:
             self.state = GroupState.DOWN
             logger.error("%s (waited group_recovery_timeout_ms)", self.down_message())
-            self._on_change()
+        self._on_change()
         self._recovery_task = None
 
     async def _poll_liveness(self) -> None:
