@@ -36,7 +36,7 @@ def test_byte_level_deltas_concatenate_to_decode(text: str, chunk_sizes: list[in
     tokenizer = byte_level_tokenizer()
     ids = tokenizer.encode(text).ids
     deltas = _stream(tokenizer, ids, chunk_sizes, context=[])
-    assert "".join(deltas) == tokenizer.decode(ids) == text
+    assert "".join(deltas) == tokenizer.decode(ids)
 
 
 @settings(max_examples=150, deadline=None)

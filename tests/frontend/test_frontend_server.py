@@ -252,6 +252,27 @@ def test_scheduler_status_passes_through_unchanged(stub, fake: FakeScheduler) ->
         )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert caught.value.details() == "queue full: 8 of 8 waiting"
+    # A scheduler that answers UNAVAILABLE itself is reachable: its own message goes through.
+    fake.error = (grpc.StatusCode.UNAVAILABLE, "worker group incomplete: 1 of 2 workers registered")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Generate(frontend_pb2.GenerateRequest(input=_input("Hi")), timeout=RPC_TIMEOUT_S)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.details() == "worker group incomplete: 1 of 2 workers registered"
+
+
+def test_request_timeout_is_deadline_exceeded_and_aborts(stub, fake: FakeScheduler) -> None:
+    fake.endless = True
+    fake.delay_s = 0.02
+    request_input = _input("Hi", max_tokens=40)
+    request_input.timeout_ms = 100
+    before_ms = int(time.time() * 1000)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Generate(frontend_pb2.GenerateRequest(input=request_input), timeout=RPC_TIMEOUT_S)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "did not finish within its timeout of 100 ms" in caught.value.details()
+    [submit] = fake.submits
+    assert before_ms + 100 <= submit.deadline_unix_ms <= time.time() * 1000 + 100
+    assert _wait_for(lambda: submit.request_id in fake.aborts)
 
 
 def test_tokenize_detokenize_and_model_info(stub, fake: FakeScheduler, tokenizer: FrontendTokenizer) -> None:

@@ -165,8 +165,8 @@ class Generation:
                     code,
                     f"scheduler {replica.address} went away in the middle of the request: {error.details()}",
                 ) from error
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED and error.details() == "Deadline Exceeded":
-                # gRPC's own deadline on our call fired (the scheduler's message would say more).
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and "Deadline Exceeded" in (error.details() or ""):
+                # gRPC's own deadline on our call fired (its wording, not the scheduler's message).
                 raise RequestError(
                     code, f"the request did not finish within its timeout of {timeout_ms} ms"
                 ) from error
