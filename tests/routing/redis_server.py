@@ -48,11 +48,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_redis_server(work_dir: Path) -> Iterator[str]:
-    """Starts redis-server on a free loopback port without persistence; yields its URL and stops
-    it on exit."""
+def running_redis_server(work_dir: Path, port: int = 0) -> Iterator[str]:
+    """Starts redis-server on loopback `port` (0 = a free one) without persistence; yields its
+    URL and stops it on exit."""
     binary = ensure_redis_server_installed()
-    port = _free_port()
+    port = port or _free_port()
     work_dir.mkdir(parents=True, exist_ok=True)
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     args += ["--dir", str(work_dir), "--daemonize", "no", "--loglevel", "warning"]

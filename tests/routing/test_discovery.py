@@ -12,6 +12,7 @@ from infermesh_shared.discovery import (
     RedisDiscovery,
     RedisRegistration,
     StaticDiscovery,
+    advertised_address,
     make_discovery,
     split_host_port,
 )
@@ -76,3 +77,10 @@ def test_unreachable_redis() -> None:
         RedisDiscovery("redis://127.0.0.1:1/0").resolve()
     with pytest.raises(redis.RedisError):
         RedisRegistration("redis://127.0.0.1:1/0", "a:1", ttl_s=1).start()
+
+
+def test_advertised_address() -> None:
+    assert advertised_address("sched-a:50051", "0.0.0.0", 1) == "sched-a:50051"
+    assert advertised_address("", "127.0.0.1", 50051) == "127.0.0.1:50051"
+    wildcard = advertised_address("", "0.0.0.0", 50051)
+    assert wildcard.endswith(":50051") and not wildcard.startswith("0.0.0.0")
