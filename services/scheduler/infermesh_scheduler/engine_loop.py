@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import grpc
 
 from infermesh_scheduler.core.errors import InvalidRequestError, QueueFullError
-from infermesh_scheduler.core.request import RequestOutput, RequestSpec
+from infermesh_scheduler.core.request import AdmissionError, RequestOutput, RequestSpec
 from infermesh_scheduler.core.scheduler import Scheduler
 from infermesh_scheduler.core.step_plan import StepPlan
 from infermesh_scheduler.plan_codec import plan_to_proto, tokens_from_proto
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 _DEADLINE_POLL_S = 0.05
 # Group states in which requests are refused and live ones end with UNAVAILABLE.
 _REFUSING = (GroupState.DOWN, GroupState.MISCONFIGURED)
+# Pause after an unexpected engine loop error (s).
+_ERROR_BACKOFF_S = 0.1
 # Health (queue depth) is re-evaluated at most this often while steps run (s).
 _LOAD_REPORT_INTERVAL_S = 0.02
 
@@ -42,11 +44,9 @@ class EngineSettings:
     group_recovery_timeout_s: float
 
 
-def status_of_error(error: object) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status of a core output's error (a code name and a message)."""
-    code_name, message = error.code, error.message  # type: ignore[attr-defined]
-    code = getattr(grpc.StatusCode, str(code_name).upper(), grpc.StatusCode.INTERNAL)
-    return code, message
+def status_of_error(error: AdmissionError) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status for a request the core ended itself (its error names a status code)."""
+    return getattr(grpc.StatusCode, error.code.upper(), grpc.StatusCode.INTERNAL), error.message
 
 
 class EngineLoop:
@@ -111,10 +111,6 @@ class EngineLoop:
         self._fail_all(
             grpc.StatusCode.UNAVAILABLE, "the scheduler is shutting down; retry on another replica"
         )
-
-    def is_live(self, request_id: str) -> bool:
-        """True while a request with that id is being served."""
-        return request_id in self._streams
 
     async def submit(self, spec: RequestSpec, non_blocking: bool, deadline: float | None) -> RequestStream:
         """Admits `spec` and returns its stream; raises SubmitRejected with the status to answer.
@@ -280,6 +276,7 @@ class EngineLoop:
                         self._group.num_blocks, self._group.num_cpu_blocks
                     )
                 self._group.report_failure(f"engine loop error {err!r}")
+                await asyncio.sleep(_ERROR_BACKOFF_S)  # a repeating bug must not flood the log
 
     async def _iteration(self) -> None:
         self._between_steps()
