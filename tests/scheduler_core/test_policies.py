@@ -132,3 +132,47 @@ def test_unset_priority_takes_default_priority():
         make_spec("four", [1, 4], 1, priority=4),
     ]
     assert start_order("priority", specs, default_priority=3) == ["four", "unset", "two"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "urgent"),
+    [
+        ("priority", dict(priority=9)),
+        ("continuous", dict(priority_class=LC)),
+        ("fair", dict(priority_class=LC)),
+    ],
+)
+def test_a_higher_ranked_arrival_preempts_lower_ranked_running_work(policy, urgent):
+    config = make_config(policy=policy, num_blocks=7, block_size=4, max_model_len=64)
+    sched = Scheduler(config)
+    worker = SimulatedWorker(4, 7)
+    sched.add_request(make_spec("low1", [1] * 7, 20, priority=1))
+    sched.add_request(make_spec("low2", [2] * 7, 20, priority=1))
+    for _ in range(3):
+        sched.update(plan := sched.schedule(), worker.execute(plan))
+    sched.add_request(make_spec("urgent", [3] * 7, 4, **urgent))
+    plan = sched.schedule()
+    assert [n.seq_id for n in plan.new_sequences] == [3]  # seq 3 is "urgent"
+    assert plan.finished_seq_ids  # a low-ranked one was preempted to make room
+    sched.update(plan, worker.execute(plan))
+    sched.check_invariants()
+    for _ in range(200):
+        if not sched.has_work():
+            break
+        sched.update(plan := sched.schedule(), worker.execute(plan))
+    assert not sched.has_work()
+
+
+def test_equal_ranks_never_preempt_for_waiting_work():
+    config = make_config(policy="priority", num_blocks=7, block_size=4, max_model_len=64)
+    sched = Scheduler(config)
+    worker = SimulatedWorker(4, 7)
+    sched.add_request(make_spec("a", [1] * 7, 20, priority=1))
+    sched.add_request(make_spec("b", [2] * 7, 20, priority=1))
+    for _ in range(3):
+        sched.update(plan := sched.schedule(), worker.execute(plan))
+    sched.add_request(make_spec("c", [3] * 7, 4, priority=1))
+    plan = sched.schedule()
+    # "c" may start a chunk in the one free block, but nobody is preempted for it.
+    assert not plan.finished_seq_ids
+    assert sorted(r.seq_id for r in plan.running_sequences) == [1, 2]

@@ -311,6 +311,14 @@ class Scheduler:
         new_sequences = plan.new_sequences
         running_sequences = plan.running_sequences
 
+        ordered: list[Sequence] = []
+        preempted_for_waiting = False
+        if self._waiting:
+            ordered = self._order(self._waiting, self._clock(), self._cost, self._served_tokens)
+            if cfg.enable_preemption and self._running:
+                # Swap-ins wait for the next step: a plan never both swaps out and swaps in.
+                preempted_for_waiting = self._preempt_for_waiting(ordered[0], chunk_left, plan)
+
         running = self._running
         i = 0
         while i < len(running) and budget > 0 and batch_left > 0:
@@ -350,11 +358,11 @@ class Scheduler:
                 chunk_left -= n
             i += 1
 
-        if self._swapped and not preempted:
+        if self._swapped and not preempted and not preempted_for_waiting:
             budget, batch_left, chunk_left = self._swap_in(plan, scheduled, budget, batch_left, chunk_left)
 
         if self._waiting and not preempted and budget > 0 and batch_left > 0:
-            self._schedule_waiting(plan, scheduled, budget, batch_left, chunk_left)
+            self._schedule_waiting(ordered, plan, scheduled, budget, batch_left, chunk_left)
 
         if cfg.policy == "fair":
             served = self._served_tokens
@@ -509,8 +517,37 @@ class Scheduler:
                 chunk_left -= n
         return budget, batch_left, chunk_left
 
+    def _preempt_for_waiting(self, head: Sequence, chunk_limit: int, plan: StepPlan) -> bool:
+        """Preempt running sequences of a strictly lower class or priority than the first waiting
+        one when its first chunk or a batch slot is missing, so a latency-critical or higher-priority request
+        does not wait for lower-ranked ones to finish. Equal ranks never preempt each other."""
+        pool = self._pool
+        hits = self._match_prefix(head)
+        computed = len(hits) * self._bs
+        remaining = head.num_tokens - computed
+        n = 1 if remaining <= 1 else min(remaining, chunk_limit, self.config.max_tokens_per_step)
+        need = _cdiv(computed + n, self._bs) - len(hits) + sum(1 for b in hits if pool.refcount[b] == 0)
+        outranks = head.rank[:2]
+        preempted = False
+        while self._running and (
+            pool.num_free - need < self.config.preemption_threshold
+            or len(self._running) >= self.config.max_batch_size
+        ):
+            victim = self._running[-1]
+            if victim.rank[:2] <= outranks:
+                break
+            self._preempt(victim, plan)
+            preempted = True
+        return preempted
+
     def _schedule_waiting(
-        self, plan: StepPlan, scheduled: list[Sequence], budget: int, batch_left: int, chunk_left: int
+        self,
+        ordered: list[Sequence],
+        plan: StepPlan,
+        scheduled: list[Sequence],
+        budget: int,
+        batch_left: int,
+        chunk_left: int,
     ) -> None:
         cfg = self.config
         pool = self._pool
@@ -520,7 +557,7 @@ class Scheduler:
         # sequence's worst case up front: running sequences can then always grow.
         outstanding = 0 if cfg.enable_preemption else sum(self._future_blocks(s) for s in self._running)
         admitted = False
-        for seq in self._order(self._waiting, self._clock(), self._cost, self._served_tokens):
+        for seq in ordered:
             if budget <= 0 or batch_left <= 0:
                 break
             hits = self._match_prefix(seq)
