@@ -103,8 +103,9 @@ def write_tokenizer_files(
     bos: str = "<s>",
     eos: str = "</s>",
     chat_template: str = DEMO_CHAT_TEMPLATE,
-) -> None:
-    """Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`."""
+) -> tuple[int, int]:
+    """Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`;
+    returns the (bos, eos) token ids, for the model's config.json and generation_config.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for token in (bos, eos):
@@ -124,3 +125,4 @@ def write_tokenizer_files(
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
     special_tokens_map = {"bos_token": bos, "eos_token": eos}
     (out / "special_tokens_map.json").write_text(json.dumps(special_tokens_map, indent=2))
+    return tokenizer.token_to_id(bos), tokenizer.token_to_id(eos)

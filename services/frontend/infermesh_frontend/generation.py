@@ -95,8 +95,8 @@ class Generation:
             tried.append(replica)
             self.replica = replica
             retry = False
-            # aclosing: when our consumer stops early, the replica stream's cleanup (Abort) runs now.
             is_last = len(tried) >= min(len(self._pool.replicas), max(1, self._request.max_attempts))
+            # aclosing: when our consumer stops early, the replica stream's cleanup (Abort) runs now.
             async with contextlib.aclosing(self._stream_from(replica, is_last_replica=is_last)) as deltas:
                 async for delta in deltas:
                     if delta is None:
