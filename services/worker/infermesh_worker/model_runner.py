@@ -83,9 +83,16 @@ def parse_dtype(name: str) -> torch.dtype:
 class ModelRunner:
     """One rank's model, KV cache, sampler and sequence table. Not thread-safe: call from one thread."""
 
-    def __init__(self, device: torch.device, kv_cache_memory_bytes: int, sampler_seed: int | None = None):
+    def __init__(
+        self,
+        device: torch.device,
+        kv_cache_memory_bytes: int,
+        sampler_seed: int | None = None,
+        dist_timeout_s: float = 60.0,
+    ):
         self.device = device
         self.kv_cache_memory_bytes = kv_cache_memory_bytes
+        self.dist_timeout_s = dist_timeout_s
         self.sampler = Sampler(device, sampler_seed)
         self.parallel = ParallelContext()
         self.config: ModelConfig | None = None
@@ -95,6 +102,7 @@ class ModelRunner:
         self.max_model_len = 0
         self.block_bytes = 0
         self.sequences: dict[int, SequenceState] = {}
+        self.broken_reason = ""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -119,6 +127,7 @@ class ModelRunner:
             spec.pp_rank,
             init_method=spec.dist_init_method,
             backend=spec.dist_backend,
+            timeout_s=self.dist_timeout_s,
         )
         shard = plan_shard(config, parallel)
         max_model_len = spec.max_model_len or config.max_position_embeddings
@@ -131,6 +140,7 @@ class ModelRunner:
             reader.close()
         model.eval()
         self.parallel = parallel
+        self.broken_reason = ""
         self.config = config
         self.model = model
         self.block_size = spec.block_size
@@ -174,6 +184,14 @@ class ModelRunner:
             ) from exc
         self.sequences.clear()
 
+    def _abandon_group(self, reason: str) -> None:
+        """Leaves a process group after a failed step. Peers blocked in a collective with this rank
+        then fail at once (their connections close) instead of waiting for the collective timeout,
+        so the whole group is quickly ready for the scheduler's Reset + LoadModel."""
+        logger.error("%s; leaving the process group, LoadModel must be called again", reason)
+        self.shutdown()
+        self.broken_reason = reason
+
     def reset(self) -> None:
         """Forgets every sequence; the model and KV cache stay."""
         self.sequences.clear()
@@ -188,6 +206,11 @@ class ModelRunner:
     # --- one step ----------------------------------------------------------------------------
 
     def execute(self, plan: worker_pb2.StepPlan) -> StepResult:
+        if self.model is None and self.broken_reason:
+            raise FailedPreconditionError(
+                f"this worker left its process group after a failed step ({self.broken_reason}); "
+                "call LoadModel again to rebuild the group"
+            )
         if self.model is None:
             raise FailedPreconditionError("Execute before LoadModel: load the model first")
         if self.kv_cache is None:
@@ -210,7 +233,12 @@ class ModelRunner:
             state.block_table.extend(running.new_block_ids)
             if running.num_scheduled_tokens:
                 scheduled.append((state, running.num_scheduled_tokens))
-        tokens = self._run(scheduled) if scheduled else []
+        try:
+            tokens = self._run(scheduled) if scheduled else []
+        except Exception as exc:
+            if self.parallel.world_size > 1:
+                self._abandon_group(f"step {plan.step_id} failed: {type(exc).__name__}: {exc}")
+            raise
         elapsed_us = int((time.perf_counter() - start) * 1e6)
         return StepResult(step_id=plan.step_id, tokens=tokens, compute_time_us=elapsed_us)
 

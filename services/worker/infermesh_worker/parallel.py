@@ -8,6 +8,7 @@ is the identity.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -15,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 from infermesh_worker.errors import InvalidArgumentError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -89,7 +92,10 @@ class ParallelContext:
 
     def destroy(self) -> None:
         if self.initialized_here and dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - a broken group may fail to tear down; it is gone anyway
+                logger.exception("destroying the process group failed")
         self.initialized_here = False
 
 
@@ -110,9 +116,10 @@ def init_parallel(
     *,
     init_method: str,
     backend: str,
-    timeout_s: float = 600.0,
+    timeout_s: float = 60.0,
 ) -> ParallelContext:
-    """Joins the worker group's process group (blocks until every rank has joined)."""
+    """Joins the worker group's process group (blocks until every rank has joined, at most
+    timeout_s; the same bound applies to every collective afterwards)."""
     validate_parallel_shape(tp_size, tp_rank, pp_size, pp_rank)
     ctx = ParallelContext(tp_size=tp_size, tp_rank=tp_rank, pp_size=pp_size, pp_rank=pp_rank)
     if ctx.world_size == 1:

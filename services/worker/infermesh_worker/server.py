@@ -79,7 +79,9 @@ def run(cfg) -> int:
         metrics = WorkerMetrics(registry)
         metrics_server = start_metrics_server(cfg.metrics_port, registry, cfg.host)
 
-    runner = ModelRunner(device, kv_cache_memory_bytes=cfg.kv_cache_memory_bytes)
+    runner = ModelRunner(
+        device, kv_cache_memory_bytes=cfg.kv_cache_memory_bytes, dist_timeout_s=cfg.dist_timeout_ms / 1000.0
+    )
     servicer = WorkerServicer(runner, metrics)
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
