@@ -35,6 +35,10 @@ class PlanError(Exception):
     """A step plan that contradicts what the worker holds."""
 
 
+class WorkerFault(Exception):
+    """A failure injected by --poison-token (stands for a worker bug triggered by some input)."""
+
+
 @dataclass(slots=True)
 class FakeSequence:
     tokens: list[int]
@@ -46,8 +50,9 @@ class FakeSequence:
 
 
 class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, max_num_blocks: int, step_delay_s: float) -> None:
+    def __init__(self, max_num_blocks: int, step_delay_s: float, poison_token: int) -> None:
         self._max_num_blocks = max_num_blocks
+        self._poison_token = poison_token
         self._step_delay_s = step_delay_s
         self._lock = threading.Lock()
         self._seqs: dict[int, FakeSequence] = {}
@@ -97,6 +102,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
             except PlanError as err:
                 print(f"plan error: step {request.plan.step_id}: {err}", flush=True)
                 context.abort(grpc.StatusCode.INTERNAL, f"plan error: {err}")
+            except WorkerFault as err:
+                context.abort(grpc.StatusCode.INTERNAL, f"worker fault: {err}")
         return worker_pb2.ExecuteResponse(step_id=request.plan.step_id, tokens=tokens)
 
     def _check_blocks(self, seq_id: int, seq: FakeSequence) -> None:
@@ -147,6 +154,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
                     f"seq {seq_id}: {seq.scheduled} tokens scheduled after {seq.computed} computed, "
                     f"but only {len(seq.tokens)} tokens known"
                 )
+            if self._poison_token in seq.tokens:
+                raise WorkerFault(f"seq {seq_id} holds the poison token {self._poison_token}")
             seq.computed += seq.scheduled
             seq.scheduled = 0
             if seq.computed == len(seq.tokens):
@@ -185,11 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-name", default="fake-worker")
     parser.add_argument("--max-num-blocks", type=int, default=256)
     parser.add_argument("--step-delay-ms", type=float, default=0.0)
+    parser.add_argument("--poison-token", type=int, default=-1, help="fail Execute for sequences holding it")
     args = parser.parse_args(argv)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-        FakeWorker(args.max_num_blocks, args.step_delay_ms / 1000), server
+        FakeWorker(args.max_num_blocks, args.step_delay_ms / 1000, args.poison_token), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -236,3 +236,19 @@ def test_total_blocks_zero_sizes_pool_from_workers(procs, model_dir):
     wait_health(scheduler.address, SERVING)
     with grpc.insecure_channel(scheduler.address) as channel:
         assert load(scheduler_pb2_grpc.SchedulerServiceStub(channel)).total_blocks == 37
+
+
+def test_request_that_keeps_failing_the_worker_ends_with_internal(procs, model_dir):
+    scheduler = procs.scheduler(model_dir, "--worker-timeout-ms", "2000")
+    worker = procs.worker(scheduler.address, "w0", "--poison-token", "55")
+    wait_health(scheduler.address, SERVING)
+    with grpc.insecure_channel(scheduler.address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Submit(submit_request("poison", [50], 10), timeout=30))
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert "failed 3 steps in a row" in err.value.details() and "poison token 55" in err.value.details()
+        wait_health(scheduler.address, SERVING)
+        assert tokens_of(stub.Submit(submit_request("fine", [5], 3), timeout=10)) == [6, 7, 8]
+        wait_all_blocks_free(stub)
+        assert_no_plan_errors(worker)

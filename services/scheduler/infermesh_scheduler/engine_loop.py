@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 _DEADLINE_POLL_S = 0.05
 # Group states in which requests are refused and live ones end with UNAVAILABLE.
 _REFUSING = (GroupState.DOWN, GroupState.MISCONFIGURED)
+# Live requests end with INTERNAL after this many consecutive steps failed on the worker group.
+_MAX_FAILED_STEPS_IN_A_ROW = 3
 # Pause after an unexpected engine loop error (s).
 _ERROR_BACKOFF_S = 0.1
 # Health (queue depth) is re-evaluated at most this often while steps run (s).
@@ -72,6 +74,7 @@ class EngineLoop:
         self._room_waiters = 0
         self._last_load_report = 0.0
         self._resets_seen = 0
+        self._failed_steps_in_a_row = 0
         self._task: asyncio.Task[None] | None = None
 
     # ----- wiring with the worker group -------------------------------------------------
@@ -305,7 +308,18 @@ class EngineLoop:
             logger.warning("step %d not run: %s", plan.step_id, failure)
             scheduler.reset_worker_state()
             self._resets_seen = self._group.failures
+            self._failed_steps_in_a_row += 1
+            if self._failed_steps_in_a_row >= _MAX_FAILED_STEPS_IN_A_ROW:
+                # The same work keeps failing (a worker error, not a lost worker): end it rather
+                # than reload the group forever.
+                self._failed_steps_in_a_row = 0
+                self._fail_all(
+                    grpc.StatusCode.INTERNAL,
+                    f"the worker group failed {_MAX_FAILED_STEPS_IN_A_ROW} steps in a row running this "
+                    f"request; last error: {failure}",
+                )
             return
+        self._failed_steps_in_a_row = 0
         outputs = scheduler.update(plan, sampled)
         scheduler.record_step_time(plan, time.perf_counter() - started)
         self._route(outputs)
