@@ -140,3 +140,22 @@ def test_tied_embeddings_and_llama3_rope_match_transformers(tmp_path):
     for _ in range(3):
         planner.record(runner.execute(planner.plan(planner.decode_all())).tokens)
     assert planner.sequences[1].outputs == transformers_greedy(model_dir, prompt, 4)
+
+
+def test_mistral_sliding_window_matches_transformers(tmp_path):
+    from tests.model_factory import build_random_model
+
+    model_dir = build_random_model("mistral", tmp_path / "window", extra_config={"sliding_window": 6}, seed=3)
+    runner = make_runner(model_dir, block_size=BLOCK_SIZE)
+    captured = _capture_logits(runner)
+    planner = StepPlanner(BLOCK_SIZE, num_blocks=128)
+    prompt = [(7 * i) % 200 + 3 for i in range(15)]  # longer than the window
+    planner.add(1, prompt)
+    planner.record(runner.execute(planner.plan({1: 9})).tokens)
+    planner.record(runner.execute(planner.plan({1: 6})).tokens)  # chunk crosses the window edge
+    for _ in range(3):
+        planner.record(runner.execute(planner.plan(planner.decode_all())).tokens)
+    assert planner.sequences[1].outputs == transformers_greedy(model_dir, prompt, 4)
+    torch.testing.assert_close(
+        captured[0][0], transformers_last_logits(model_dir, prompt), atol=2e-4, rtol=1e-4
+    )

@@ -120,6 +120,8 @@ class ModelRunner:
         # Check the split before joining the group so every rank fails the same way, at once.
         plan_shard(config, ParallelContext(spec.tp_size, spec.tp_rank, spec.pp_size, spec.pp_rank))
         self.shutdown()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL binds each rank to the current device
         parallel = init_parallel(
             spec.tp_size,
             spec.tp_rank,
