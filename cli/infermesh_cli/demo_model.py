@@ -71,7 +71,8 @@ def write_llama_checkpoint(
     """Writes a Llama checkpoint with seeded random weights and a byte-level BPE tokenizer."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_demo_tokenizer(vocab_size)
-    bos_id, eos_id = write_tokenizer_files(out_dir, tokenizer)
+    write_tokenizer_files(out_dir, tokenizer)
+    bos_id, eos_id = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
