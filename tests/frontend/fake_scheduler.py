@@ -19,7 +19,7 @@ ENDLESS_STEP_LIMIT = 2000
 
 
 class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
-    """Streams `tokens` (one per message, per completion), then finish_reason and usage."""
+    """Streams `tokens` (one per message, per completion), then finish_reason; usage on the last message."""
 
     def __init__(self, vocab_size: int, max_model_len: int) -> None:
         self.model = common_pb2.ModelInfo(
@@ -35,6 +35,8 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
             dtype="fp32",
         )
         self.tokens: list[int] = []
+        # Completion index -> its own tokens (others get `tokens`).
+        self.tokens_by_index: dict[int, list[int]] = {}
         self.delay_s = 0.0
         # Keep cycling through `tokens` until the client cancels (bounded by ENDLESS_STEP_LIMIT).
         self.endless = False
@@ -50,29 +52,44 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         if self.error is not None:
             await context.abort(*self.error)
         n = request.sampling.n
-        steps = ENDLESS_STEP_LIMIT if self.endless else len(self.tokens)
         try:
-            for step in range(steps):
-                last = step == steps - 1 and not self.endless
-                for index in range(n):
-                    response = scheduler_pb2.SubmitResponse(
-                        index=index, token_ids=[self.tokens[step % len(self.tokens)]]
-                    )
-                    if request.sampling.logprobs:
-                        response.logprobs.append(-0.5)
-                    if last:
+            if self.endless:
+                for step in range(ENDLESS_STEP_LIMIT):
+                    for index in range(n):
+                        yield self._message(request, index, self.tokens[step % len(self.tokens)])
+                    await asyncio.sleep(self.delay_s)
+                return
+            per_index = [self.tokens_by_index.get(index, self.tokens) for index in range(n)]
+            total = sum(len(tokens) for tokens in per_index)
+            sent = 0
+            for step in range(max(len(tokens) for tokens in per_index)):
+                for index, tokens in enumerate(per_index):
+                    if step >= len(tokens):
+                        continue
+                    response = self._message(request, index, tokens[step])
+                    sent += 1
+                    if step == len(tokens) - 1:
                         response.finish_reason = self.finish_reason
-                        if index == n - 1:
-                            response.usage.CopyFrom(
-                                common_pb2.Usage(
-                                    prompt_tokens=len(request.prompt_token_ids), completion_tokens=n * steps
-                                )
+                    if sent == total:
+                        response.usage.CopyFrom(
+                            common_pb2.Usage(
+                                prompt_tokens=len(request.prompt_token_ids), completion_tokens=total
                             )
+                        )
                     yield response
                 await asyncio.sleep(self.delay_s)
         except asyncio.CancelledError:
             self.cancelled.append(request.request_id)
             raise
+
+    @staticmethod
+    def _message(
+        request: scheduler_pb2.SubmitRequest, index: int, token_id: int
+    ) -> scheduler_pb2.SubmitResponse:
+        response = scheduler_pb2.SubmitResponse(index=index, token_ids=[token_id])
+        if request.sampling.logprobs:
+            response.logprobs.append(-0.5)
+        return response
 
     async def Abort(self, request: scheduler_pb2.AbortRequest, context: grpc.aio.ServicerContext):
         self.aborts.append(request.request_id)

@@ -79,6 +79,7 @@ def fake_server(loop: LoopThread) -> Iterator[tuple[FakeScheduler, str]]:
 def fake(fake_server: tuple[FakeScheduler, str], tokenizer: FrontendTokenizer) -> FakeScheduler:
     scheduler, _ = fake_server
     scheduler.tokens = tokenizer.encode(OUTPUT_TEXT, add_special_tokens=False)
+    scheduler.tokens_by_index = {}
     scheduler.delay_s = 0.0
     scheduler.endless = False
     scheduler.error = None
@@ -190,6 +191,32 @@ def test_stop_string_ends_output_before_match_and_aborts(stub, fake: FakeSchedul
     assert text == OUTPUT_TEXT[: OUTPUT_TEXT.index("STOP")]
     assert finish_reason == common_pb2.FINISH_REASON_STOP and matched_stop == "STOP"
     assert _wait_for(lambda: request_id in fake.aborts), "the frontend did not Abort after the stop string"
+
+
+def test_stop_string_in_one_of_two_completions(
+    stub, fake: FakeScheduler, tokenizer: FrontendTokenizer
+) -> None:
+    # Completion 1 never says STOP and ends first (LENGTH); completion 0 then hits STOP while the
+    # scheduler would still generate for it, so the frontend aborts the request.
+    fake.tokens_by_index = {1: tokenizer.encode("no stop here, just text", add_special_tokens=False)}
+    request_input = _input("Hi", n=2, stop=["STOP"], max_tokens=40)
+    response = stub.Generate(frontend_pb2.GenerateRequest(input=request_input), timeout=RPC_TIMEOUT_S)
+    first, second = response.completions
+    assert (first.text, first.finish_reason, first.matched_stop) == (
+        OUTPUT_TEXT[: OUTPUT_TEXT.index("STOP")],
+        common_pb2.FINISH_REASON_STOP,
+        "STOP",
+    )
+    assert (second.text, second.finish_reason, second.matched_stop) == (
+        "no stop here, just text",
+        common_pb2.FINISH_REASON_LENGTH,
+        "",
+    )
+    # Tokens after the stop are dropped; usage counts what the client got.
+    assert len(first.token_ids) < len(fake.tokens)
+    assert list(second.token_ids) == fake.tokens_by_index[1]
+    assert response.usage.completion_tokens == len(first.token_ids) + len(second.token_ids)
+    assert _wait_for(lambda: response.request_id in fake.aborts)
 
 
 def test_cancelled_stream_aborts_the_request(stub, fake: FakeScheduler) -> None:
