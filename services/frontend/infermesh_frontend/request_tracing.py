@@ -42,14 +42,15 @@ class RequestTrace:
 
     __slots__ = ("_tracer", "span", "_arrival", "_first_token_at", "_detokenize_s", "_ended")
 
-    def __init__(self, stream: bool) -> None:
+    def __init__(self, stream: bool, enabled: bool | None = None) -> None:
+        """`enabled` None follows tracing_enabled(); False builds a shell that records nothing."""
         self._arrival = time.monotonic()
         self._first_token_at: float | None = None
         self._detokenize_s = 0.0
         self._ended = False
         self.span: Span | None = None
         self._tracer: trace.Tracer | None = None
-        if tracing_enabled():
+        if tracing_enabled() if enabled is None else enabled:
             self._tracer = get_tracer("infermesh.frontend")
             # Child of the current span: the Generate/GenerateStream server span.
             self.span = self._tracer.start_span(
@@ -102,7 +103,7 @@ class RequestTrace:
         """
         if self.span is None:
             return None
-        self.span.add_event(sc.SPAN_ROUTE, {sc.SCHEDULER_ADDRESS: scheduler_address})
+        self.span.add_event(sc.EVENT_ROUTE, {sc.SCHEDULER_ADDRESS: scheduler_address})
         stream = self._child(sc.SPAN_STREAM)
         stream.set_attribute(sc.SCHEDULER_ADDRESS, scheduler_address)
         return stream

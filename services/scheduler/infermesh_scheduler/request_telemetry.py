@@ -6,8 +6,9 @@ service holds no SchedulerTelemetry at all, so the step loop does no telemetry w
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,9 +22,12 @@ from infermesh_shared.telemetry import (
 )
 from infermesh_shared.telemetry import semconv as sc
 from opentelemetry.trace import Span, StatusCode
+from prometheus_client import CollectorRegistry
 
 from infermesh_scheduler.core.request import RequestOutput, RequestSpec, Usage
+from infermesh_scheduler.core.scheduler import Scheduler
 from infermesh_scheduler.core.step_plan import StepPlan
+from infermesh_scheduler.load_metrics import load_reader
 
 # Codes that mean the service failed the request, not that the caller asked for something wrong.
 _SERVER_ERROR_CODES = frozenset(
@@ -34,6 +38,25 @@ _SERVER_ERROR_CODES = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+
+
+def build_scheduler_telemetry(
+    registry: CollectorRegistry | None, current_scheduler: Callable[[], Scheduler | None]
+) -> SchedulerTelemetry | None:
+    """The service's telemetry: metrics into `registry` (None: no /metrics), spans when tracing is on.
+
+    None when both are off. Call on the event loop that runs the scheduler: /metrics scrapes read
+    the scheduler's load there.
+    """
+    if registry is None and not tracing_enabled():
+        return None
+    request_metrics = scheduler_metrics = None
+    if registry is not None:
+        request_metrics = RequestMetrics(registry)
+        scheduler_metrics = SchedulerMetrics(
+            registry, load_reader(asyncio.get_running_loop(), current_scheduler)
+        )
+    return SchedulerTelemetry(request_metrics, scheduler_metrics)
 
 
 class StepSource(Protocol):

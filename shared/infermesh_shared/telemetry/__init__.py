@@ -24,7 +24,7 @@ from infermesh_shared.telemetry.grpc_sync_interceptors import (
 from infermesh_shared.telemetry.metrics_server import MetricsServer, create_registry, start_metrics_server
 from infermesh_shared.telemetry.request_metrics import RequestMetrics, status_label
 from infermesh_shared.telemetry.scheduler_metrics import SchedulerLoadFigures, SchedulerMetrics
-from infermesh_shared.telemetry.step_spans import start_step_span
+from infermesh_shared.telemetry.step_spans import activate_span, start_step_span
 from infermesh_shared.telemetry.structured_logging import TRACE, configure_logging, parse_log_level
 from infermesh_shared.telemetry.tracing import (
     TracingExporter,
@@ -47,6 +47,7 @@ __all__ = [
     "TracingExporter",
     "TracingServerInterceptor",
     "WorkerMetrics",
+    "activate_span",
     "aio_client_interceptors",
     "aio_server_interceptors",
     "configure_logging",

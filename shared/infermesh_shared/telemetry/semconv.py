@@ -74,6 +74,7 @@ WORKER_PP_RANK: Final = "infermesh.worker.pp_rank"
 WORKER_ID: Final = "infermesh.worker.id"
 
 # --- infermesh: span event names on a request span --------------------------------------------
+EVENT_ROUTE: Final = "route"  # frontend: the scheduler replica a request was sent to
 EVENT_QUEUED: Final = "queued"
 EVENT_SCHEDULED: Final = "scheduled"
 EVENT_FIRST_TOKEN: Final = "first_token"
@@ -86,7 +87,6 @@ EVENT_REJECTED: Final = "rejected"
 # --- span names ---------------------------------------------------------------------------------
 SPAN_FRONTEND_REQUEST: Final = "infermesh.frontend.generate"
 SPAN_TOKENIZE: Final = "infermesh.frontend.tokenize"
-SPAN_ROUTE: Final = "infermesh.frontend.route"
 SPAN_STREAM: Final = "infermesh.frontend.stream"
 SPAN_DETOKENIZE: Final = "infermesh.frontend.detokenize"
 SPAN_SCHEDULER_REQUEST: Final = "infermesh.scheduler.request"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext
@@ -37,3 +38,13 @@ def start_step_span(
         attributes=attributes,
         links=[Link(ctx) for ctx in sampled],
     )
+
+
+@contextlib.contextmanager
+def activate_span(span: Span | None) -> Iterator[None]:
+    """Makes `span` current inside the block (without ending it); does nothing for None."""
+    if span is None:
+        yield
+        return
+    with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+        yield
