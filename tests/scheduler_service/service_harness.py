@@ -95,6 +95,10 @@ def start_fake_worker(scheduler_address: str, name: str, *args: str) -> ServiceP
     process.start()
     try:
         process.wait_listening(30)
+        deadline = time.monotonic() + 30
+        while "fake worker registered" not in process.output_tail():
+            assert process.alive() and time.monotonic() < deadline, process.output_tail()
+            time.sleep(0.02)
     except BaseException:
         process.kill()
         raise

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from infermesh.v1 import common_pb2, scheduler_pb2_grpc
+from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from tests.scheduler_service.service_harness import (
     assert_no_plan_errors,
@@ -252,3 +252,25 @@ def test_request_that_keeps_failing_the_worker_ends_with_internal(procs, model_d
         assert tokens_of(stub.Submit(submit_request("fine", [5], 3), timeout=10)) == [6, 7, 8]
         wait_all_blocks_free(stub)
         assert_no_plan_errors(worker)
+
+
+def test_registrations_beyond_num_workers_are_refused_until_one_dies(procs, model_dir):
+    scheduler = procs.scheduler(model_dir, "--num-workers", "2", "--worker-timeout-ms", "30000")
+    first = procs.worker(scheduler.address, "w0")
+    procs.worker(scheduler.address, "w1")  # the standby
+    wait_health(scheduler.address, SERVING)
+    with grpc.insecure_channel(scheduler.address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RegisterWorker(
+                scheduler_pb2.RegisterWorkerRequest(address="127.0.0.1:1", device="cpu", worker_name="w9"),
+                timeout=10,
+            )
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "num_workers=2" in err.value.details()
+        # A replacement registering before the dead member was noticed (liveness polls are 10 s
+        # apart here) makes the scheduler probe, drop the dead one and take the newcomer.
+        first.kill()
+        procs.worker(scheduler.address, "w2")
+        wait_health(scheduler.address, SERVING)
+        assert tokens_of(stub.Submit(submit_request("after", [5], 3), timeout=10)) == [6, 7, 8]

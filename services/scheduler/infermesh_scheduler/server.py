@@ -41,6 +41,7 @@ def group_settings(cfg: Any, max_model_len: int) -> WorkerGroupSettings:
     return WorkerGroupSettings(
         tp_size=cfg.tp_size,
         pp_size=cfg.pp_size,
+        num_workers=cfg.num_workers,
         model_path=cfg.model_path,
         dtype=cfg.dtype,
         block_size=cfg.block_size,

@@ -15,7 +15,7 @@ from infermesh_scheduler.request_codec import response_from_output, spec_from_su
 from infermesh_scheduler.request_stream import StreamError
 from infermesh_scheduler.serving_health import ServingHealth
 from infermesh_scheduler.submit_validation import ModelLimits, SubmitRejected, validate_submit
-from infermesh_scheduler.worker_group import WorkerGroup
+from infermesh_scheduler.worker_group import GroupFull, WorkerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -120,5 +120,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "address is empty: send the host:port where this worker serves WorkerService",
             )
-        worker_id = self._group.register(request.address, request.device or "cpu", request.worker_name)
+        try:
+            worker_id = await self._group.register(
+                request.address, request.device or "cpu", request.worker_name
+            )
+        except GroupFull as full:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
         return scheduler_pb2.RegisterWorkerResponse(worker_id=worker_id)

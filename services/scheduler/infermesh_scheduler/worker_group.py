@@ -44,6 +44,10 @@ class GroupState(Enum):
     MISCONFIGURED = "misconfigured"  # the workers cannot hold what the config asks for
 
 
+class GroupFull(Exception):
+    """A worker registers while num_workers live workers are registered already."""
+
+
 class WorkerGroupFailure(Exception):
     """A step could not run because the group is not ready or a member failed."""
 
@@ -54,6 +58,7 @@ class WorkerGroupSettings:
 
     tp_size: int
     pp_size: int
+    num_workers: int  # group members plus standbys that may be registered at once
     model_path: str
     dtype: str
     block_size: int
@@ -160,8 +165,11 @@ class WorkerGroup:
         )
 
     # ----- registration -------------------------------------------------------------------
-    def register(self, address: str, device: str, name: str) -> str:
-        """Adds a worker (replacing an older registration of the same name or address); returns its id."""
+    async def register(self, address: str, device: str, name: str) -> str:
+        """Adds a worker (replacing an older registration of the same name or address); returns its id.
+
+        Raises GroupFull when num_workers live workers are registered already.
+        """
         for old in list(self._workers.values()):
             if (name and old.name == name) or old.address == address:
                 logger.warning(
@@ -170,6 +178,13 @@ class WorkerGroup:
                 self._drop(old)
                 if old in self._members:
                     self._member_failed(f"worker {old.name or old.address} restarted")
+        if len(self._workers) >= self._settings.num_workers:
+            await self._probe_all()  # a replacement may be registering before its predecessor was noticed
+        if len(self._workers) >= self._settings.num_workers:
+            raise GroupFull(
+                f"num_workers={self._settings.num_workers} live workers are registered already "
+                f"({', '.join(w.name for w in self._workers.values())}); raise num_workers to add standbys"
+            )
         self._next_id += 1
         worker_id = f"w{self._next_id}"
         channel = grpc.aio.insecure_channel(
@@ -185,7 +200,7 @@ class WorkerGroup:
             health=health_pb2_grpc.HealthStub(channel),
         )
         logger.info(
-            "worker %s registered: name=%s address=%s device=%s (%d of %d needed)",
+            "worker %s registered: name=%s address=%s device=%s (%d registered, %d form the group)",
             worker_id,
             name,
             address,
@@ -428,11 +443,15 @@ class WorkerGroup:
                 continue
             if self.state is GroupState.READY and time.monotonic() - self.last_ok < interval:
                 continue  # steps are succeeding: the members are alive
-            dead = await self._drop_dead()
-            if self.state is GroupState.READY and any(w in self._members for w in dead):
-                self._member_failed("liveness probe: " + ", ".join(f"{w.name} ({w.address})" for w in dead))
-            elif self.state is GroupState.READY:
+            if await self._probe_all() and self.state is GroupState.READY:
                 self.last_ok = time.monotonic()
+
+    async def _probe_all(self) -> bool:
+        """Drops workers that do not answer; breaks the group if a member was one. True if none was."""
+        dead = await self._drop_dead()
+        if self.state is GroupState.READY and any(w in self._members for w in dead):
+            self._member_failed("liveness probe: " + ", ".join(f"{w.name} ({w.address})" for w in dead))
+        return not dead
 
 
 class _MemberCallError(Exception):
