@@ -159,3 +159,24 @@ def test_mistral_sliding_window_matches_transformers(tmp_path):
     torch.testing.assert_close(
         captured[0][0], transformers_last_logits(model_dir, prompt), atol=2e-4, rtol=1e-4
     )
+
+
+def test_sharded_checkpoint_loads_like_a_single_file(tmp_path, model_dirs):
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dirs["qwen3"], dtype=torch.float32)
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, safe_serialization=True, max_shard_size="40KB")
+    assert len(list(sharded.glob("*.safetensors"))) > 1
+    assert (sharded / "model.safetensors.index.json").is_file()
+    prompt = [9, 19, 29, 39, 49]
+    outputs = []
+    for directory in (model_dirs["qwen3"], sharded):
+        runner = make_runner(directory, block_size=BLOCK_SIZE)
+        planner = StepPlanner(BLOCK_SIZE, num_blocks=128)
+        planner.add(1, prompt)
+        planner.record(runner.execute(planner.plan({1: len(prompt)})).tokens)
+        for _ in range(3):
+            planner.record(runner.execute(planner.plan(planner.decode_all())).tokens)
+        outputs.append(planner.sequences[1].outputs)
+    assert outputs[0] == outputs[1] == transformers_greedy(model_dirs["qwen3"], prompt, 4)

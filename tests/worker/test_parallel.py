@@ -20,8 +20,16 @@ pytestmark = pytest.mark.multiproc
 def parallel_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel-models")
     return {
-        # 3 layers: pipeline stages get 2 + 1; vocab 250 is not a multiple of 4 (padded vocab shards).
-        "llama": build_random_model("llama", root / "llama", num_layers=3, vocab_size=250, seed=5),
+        # 3 layers: pipeline stages get 2 + 1; vocab 250 is not a multiple of 4 (padded vocab shards);
+        # biases on every projection exercise sharded column biases and once-added row biases.
+        "llama": build_random_model(
+            "llama",
+            root / "llama",
+            num_layers=3,
+            vocab_size=250,
+            seed=5,
+            extra_config={"attention_bias": True, "mlp_bias": True},
+        ),
         "qwen2": build_random_model("qwen2", root / "qwen2", seed=6),
     }
 

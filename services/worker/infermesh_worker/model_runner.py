@@ -111,8 +111,8 @@ class ModelRunner:
         dtype = parse_dtype(spec.dtype)
         if spec.block_size < 1:
             raise InvalidArgumentError("block_size must be >= 1")
-        if dtype != torch.float32 and self.device.type == "cpu" and dtype == torch.float16:
-            logger.warning("fp16 on CPU is slow and less accurate than bf16/fp32")
+        if dtype == torch.float16 and self.device.type == "cpu":
+            logger.warning("fp16 on CPU is slow; bf16 or fp32 are better choices there")
         validate_parallel_shape(spec.tp_size, spec.tp_rank, spec.pp_size, spec.pp_rank)
         if not Path(spec.model_path).is_dir():
             raise InvalidArgumentError(f"model_path {spec.model_path!r} is not a directory on this worker")

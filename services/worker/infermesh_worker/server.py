@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -129,9 +130,14 @@ def run(cfg) -> int:
     stop.wait()
     set_serving(health, [SERVICE_NAME], False)
     server.stop(grace=2).wait()
-    servicer.close()
+    torch_thread_done = servicer.close()
     channel.close()
     if metrics_server is not None:
         metrics_server.stop()
     shutdown_tracing()
+    if not torch_thread_done:
+        # The torch thread is stuck in a collective; the interpreter would wait for it at exit.
+        logger.error("torch thread still busy at shutdown (a collective waits for a dead peer); exiting now")
+        logging.shutdown()
+        os._exit(exit_code or 1)
     return exit_code

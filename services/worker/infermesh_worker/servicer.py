@@ -26,9 +26,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.metrics = metrics
         self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
 
-    def close(self) -> None:
-        self._torch_thread.submit(self.runner.shutdown).result()
-        self._torch_thread.shutdown(wait=True)
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Leaves the process group and stops the torch thread; False when the thread is still busy
+        (e.g. blocked in a collective with a dead peer) after timeout_s."""
+        future = self._torch_thread.submit(self.runner.shutdown)
+        self._torch_thread.shutdown(wait=False)
+        try:
+            future.result(timeout=timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def _call(self, context: grpc.ServicerContext, what: str, fn, *args) -> Any:
         try:
