@@ -22,6 +22,7 @@ from infermesh_shared.telemetry import (
     tracing_enabled,
 )
 from infermesh_shared.telemetry import semconv as sc
+from infermesh_shared.telemetry.grpc_propagation import ServerTracePolicy
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, TraceFlags
 
@@ -164,3 +165,43 @@ def test_step_span_joins_first_sampled_request_and_links_all(otlp_collector: Otl
     assert (step.trace_id, step.parent_span_id) == (format(2, "032x"), format(22, "016x"))
     assert step.links == [(format(2, "032x"), format(22, "016x")), (format(3, "032x"), format(33, "016x"))]
     assert step.attributes[sc.STEP_BATCH_SIZE] == 3
+
+
+def test_polls_are_traced_only_inside_a_callers_trace(otlp_collector: OtlpCollector) -> None:
+    init_tracing("svc", "otlp_grpc", otlp_collector.endpoint, 1.0)
+    policy = ServerTracePolicy(parent_required=("/test.Poll/Get",))
+
+    async def run() -> None:
+        server = grpc.aio.server(interceptors=[AioTracingServerInterceptor(policy)])
+
+        async def get(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return request
+
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "test.Poll", {"Get": grpc.unary_unary_rpc_method_handler(get)}
+                )
+            ]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", interceptors=aio_client_interceptors()
+            ) as ch:
+                await ch.unary_unary("/test.Poll/Get")(b"unparented poll")
+                with get_tracer("test").start_as_current_span("caller"):
+                    await ch.unary_unary("/test.Poll/Get")(b"inside a trace")
+        finally:
+            await server.stop(None)
+
+    asyncio.run(run())
+    assert flush_tracing()
+    spans = otlp_collector.wait_for_spans(2)
+    assert sorted(s.name for s in spans) == ["caller", "test.Poll/Get"]
+    (poll,) = [s for s in spans if s.name == "test.Poll/Get"]
+    assert poll.parent_span_id == next(s.span_id for s in spans if s.name == "caller")
+    assert not ServerTracePolicy().traces("/grpc.health.v1.Health/Check", [("traceparent", "x")])
+    assert not ServerTracePolicy().traces("/infermesh.v1.SchedulerService/GetLoad", [])
+    assert ServerTracePolicy().traces("/infermesh.v1.SchedulerService/Submit", [])

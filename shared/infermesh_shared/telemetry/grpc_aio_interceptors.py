@@ -22,19 +22,19 @@ class AioTracingServerInterceptor(grpc.aio.ServerInterceptor):
     The span is current while the handler runs, so its spans (and the context its calls
     propagate) are children of the RPC. Streaming handlers may be async generators or
     coroutines that call `context.write`. Does nothing when tracing is off or for methods
-    starting with one of `excluded_prefixes`.
+    `policy` leaves out (health checks; polls outside a caller's trace).
     """
 
-    def __init__(self, excluded_prefixes: tuple[str, ...] = prop.DEFAULT_EXCLUDED_METHOD_PREFIXES) -> None:
-        self._excluded = excluded_prefixes
+    def __init__(self, policy: prop.ServerTracePolicy = prop.DEFAULT_SERVER_POLICY) -> None:
+        self._policy = policy
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not tracing_enabled() or prop.is_excluded(method, self._excluded):
+        metadata = handler_call_details.invocation_metadata
+        if handler is None or not tracing_enabled() or not self._policy.traces(method, metadata):
             return handler
         name = prop.parse_rpc_name(method)
-        metadata = handler_call_details.invocation_metadata
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _traced(handler.unary_unary, name, metadata),

@@ -16,8 +16,6 @@ from infermesh_shared.telemetry import semconv
 PROPAGATOR = TraceContextTextMapPropagator()
 TRACE_METADATA_KEYS = frozenset(PROPAGATOR.fields)  # traceparent, tracestate
 
-# Polled constantly and uninteresting in a trace.
-DEFAULT_EXCLUDED_METHOD_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 # Server-side codes that mean the server failed (OpenTelemetry gRPC conventions); others,
 # such as INVALID_ARGUMENT, are the caller's mistake and leave the server span unset.
@@ -102,8 +100,27 @@ def finish_server_span(span: Span, code: grpc.StatusCode | None, error: BaseExce
     span.end()
 
 
-def is_excluded(full_method: str, excluded_prefixes: tuple[str, ...]) -> bool:
-    return full_method.startswith(excluded_prefixes)
+@dataclass(slots=True, frozen=True)
+class ServerTracePolicy:
+    """Which incoming RPCs get a server span."""
+
+    # Never traced: health checks and reflection.
+    excluded_prefixes: tuple[str, ...] = ("/grpc.health.v1.", "/grpc.reflection.")
+    # Traced only inside a caller's trace: frontends poll these, and a trace per poll is noise.
+    parent_required: tuple[str, ...] = (
+        "/infermesh.v1.SchedulerService/GetLoad",
+        "/infermesh.v1.SchedulerService/GetModelInfo",
+    )
+
+    def traces(self, full_method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+        if full_method.startswith(self.excluded_prefixes):
+            return False
+        if full_method in self.parent_required:
+            return any(key == "traceparent" for key, _ in metadata or ())
+        return True
+
+
+DEFAULT_SERVER_POLICY = ServerTracePolicy()
 
 
 def start_server_span(tracer: trace.Tracer, name: RpcName, metadata) -> Span:
