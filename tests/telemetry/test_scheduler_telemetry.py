@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 
 import grpc
+from infermesh_scheduler.core.load import LoadSnapshot
 from infermesh_scheduler.core.request import (
     FinishReason,
     PriorityClass,
@@ -15,13 +18,14 @@ from infermesh_scheduler.core.request import (
     Usage,
 )
 from infermesh_scheduler.core.step_plan import NewSequence, RunningSequence, StepPlan
-from infermesh_scheduler.request_telemetry import SchedulerTelemetry
+from infermesh_scheduler.request_telemetry import SchedulerTelemetry, build_scheduler_telemetry
 from infermesh_shared.telemetry import (
     RequestMetrics,
     SchedulerMetrics,
     create_registry,
     flush_tracing,
     get_tracer,
+    shutdown_tracing,
 )
 from infermesh_shared.telemetry import semconv as sc
 
@@ -176,3 +180,41 @@ def test_metrics_only_builds_no_spans() -> None:
     assert (
         telemetry.step_started(source, StepPlan(2, running_sequences=[RunningSequence(1, [], 2, 1)])) is None
     )
+
+
+def test_no_telemetry_object_when_tracing_and_metrics_are_off() -> None:
+    shutdown_tracing()
+    # The engine loop then skips every hook: the step path does no telemetry work at all.
+    assert build_scheduler_telemetry(None, lambda: None) is None
+
+
+def test_load_gauges_are_read_on_the_event_loop() -> None:
+    async def scrape_from_another_thread() -> dict[str, float]:
+        registry = create_registry()
+        load = LoadSnapshot(
+            num_waiting=3, num_running=2, num_preempted=0, total_blocks=10, free_blocks=4, cached_blocks=2,
+            prefix_cache_queries=64, prefix_cache_hits=16, num_waiting_tokens=0, num_preemptions=5,
+        )  # fmt: skip
+        seen_threads: list[int] = []
+
+        class FakeScheduler:
+            def load(self) -> LoadSnapshot:
+                seen_threads.append(threading.get_ident())
+                return load
+
+        telemetry = build_scheduler_telemetry(registry, lambda: FakeScheduler())
+        assert telemetry is not None
+        names = ("infermesh_requests_running", "infermesh_requests_waiting", "infermesh_kv_cache_usage_ratio",
+                 "infermesh_prefix_cache_hits_total", "infermesh_preemptions_total")  # fmt: skip
+        values = await asyncio.to_thread(lambda: {n: registry.get_sample_value(n) for n in names})
+        assert seen_threads == [threading.get_ident()] * len(names)  # each read ran on the loop's thread
+        return values
+
+    values = asyncio.run(scrape_from_another_thread())
+    assert values == {
+        "infermesh_requests_running": 2,
+        "infermesh_requests_waiting": 3,
+        "infermesh_kv_cache_usage_ratio": 0.4,
+        "infermesh_prefix_cache_hits_total": 16,
+        "infermesh_preemptions_total": 5,
+    }
