@@ -59,6 +59,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
         self._vocab_size = 0
         self._block_size = 0
         self._num_blocks = 0
+        self._returns_tokens = False
 
     def LoadModel(self, request, context):
         config = json.loads((Path(request.model_path) / "config.json").read_text())
@@ -71,6 +72,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "a group of several workers needs dist_init_method"
             )
         with self._lock:
+            # Like a real worker, only the last pipeline stage's tp_rank 0 answers with tokens.
+            self._returns_tokens = request.pp_rank == request.pp_size - 1 and request.tp_rank == 0
             self._vocab_size = config["vocab_size"]
             self._block_size = request.block_size
             self._seqs.clear()
@@ -104,6 +107,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
                 context.abort(grpc.StatusCode.INTERNAL, f"plan error: {err}")
             except WorkerFault as err:
                 context.abort(grpc.StatusCode.INTERNAL, f"worker fault: {err}")
+        if not self._returns_tokens:
+            tokens = []
         return worker_pb2.ExecuteResponse(step_id=request.plan.step_id, tokens=tokens)
 
     def _check_blocks(self, seq_id: int, seq: FakeSequence) -> None:

@@ -274,3 +274,20 @@ def test_registrations_beyond_num_workers_are_refused_until_one_dies(procs, mode
         procs.worker(scheduler.address, "w2")
         wait_health(scheduler.address, SERVING)
         assert tokens_of(stub.Submit(submit_request("after", [5], 3), timeout=10)) == [6, 7, 8]
+
+
+def test_tp2_pp2_tokens_come_from_the_last_stage_first_tensor_rank(procs, model_dir):
+    scheduler = procs.scheduler(model_dir, "--tp-size", "2", "--pp-size", "2", "--num-workers", "4")
+    workers = [procs.worker(scheduler.address, f"w{i}") for i in range(4)]
+    wait_health(scheduler.address, SERVING)
+    # Ranks in registration order: rank = pp_rank * tp_size + tp_rank; only rank 2 returns tokens.
+    for w, rank in zip(workers, ["tp=0 pp=0", "tp=1 pp=0", "tp=0 pp=1", "tp=1 pp=1"], strict=True):
+        assert f"rank {rank}" in w.output_tail()
+    with grpc.insecure_channel(scheduler.address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        assert tokens_of(stub.Submit(submit_request("pp", [40, 41], 5), timeout=10)) == expected_tokens(
+            [40, 41], 5
+        )
+        wait_all_blocks_free(stub)
+    for w in workers:
+        assert_no_plan_errors(w)
