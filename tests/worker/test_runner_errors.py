@@ -88,3 +88,20 @@ def test_load_reports_blocks_that_fit_the_budget(model_dirs):
     # Qwen3 test model: 2 layers, 2 KV heads, head_dim 32, fp32.
     assert result.block_bytes == 16 * 2 * 2 * 2 * 32 * 4
     assert result.max_num_blocks == (1 << 20) // result.block_bytes
+
+
+def test_checkpoint_that_does_not_match_its_config_is_refused(tmp_path, model_dirs):
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dirs["llama"], broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["intermediate_size"] = 96  # the weights say 128
+    (broken / "config.json").write_text(json.dumps(config))
+    runner = ModelRunner(torch.device("cpu"), kv_cache_memory_bytes=1 << 20)
+    with pytest.raises(WorkerError, match="does not match its config.json") as excinfo:
+        runner.load_model(LoadSpec(model_path=str(broken)))
+    assert _code(excinfo) == grpc.StatusCode.INVALID_ARGUMENT
+    # The runner is still usable: a good model loads afterwards.
+    assert runner.load_model(LoadSpec(model_path=str(model_dirs["llama"]))).max_num_blocks > 0

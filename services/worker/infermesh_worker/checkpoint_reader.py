@@ -47,10 +47,27 @@ class CheckpointReader:
             self._handles[path] = safe_open(path, framework="pt")
         return self._handles[path]
 
-    def read(self, name: str, dim: int | None = None, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """Tensor `name`, restricted to [start, end) along `dim` when dim is given, in the model dtype."""
+    def read(
+        self,
+        name: str,
+        expected_shape: tuple[int, ...],
+        dim: int | None = None,
+        start: int = 0,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        """Tensor `name`, restricted to [start, end) along `dim` when dim is given, in the model dtype.
+
+        The whole tensor must have `expected_shape` (what config.json implies): slicing would
+        otherwise load a mismatched checkpoint without complaint.
+        """
         view = self._handle(name).get_slice(name)
-        shape = view.get_shape()
+        shape = list(view.get_shape())
+        if shape != list(expected_shape):
+            raise InvalidArgumentError(
+                f"checkpoint tensor {name!r} has shape {tuple(shape)} but config.json implies "
+                f"{tuple(expected_shape)}; the checkpoint in {str(self.model_path)!r} "
+                "does not match its config.json"
+            )
         if dim is None:
             tensor = view[:]
         else:

@@ -131,15 +131,23 @@ class ModelRunner:
             backend=spec.dist_backend,
             timeout_s=self.dist_timeout_s,
         )
-        shard = plan_shard(config, parallel)
-        max_model_len = spec.max_model_len or config.max_position_embeddings
-        max_positions = max(max_model_len, config.max_position_embeddings)
-        model = LlamaFamilyModel(config, shard, parallel, max_positions, dtype, self.device)
-        reader = CheckpointReader(spec.model_path, dtype, self.device)
         try:
-            model.load(reader)
-        finally:
-            reader.close()
+            shard = plan_shard(config, parallel)
+            max_model_len = spec.max_model_len or config.max_position_embeddings
+            max_positions = max(max_model_len, config.max_position_embeddings)
+            model = LlamaFamilyModel(config, shard, parallel, max_positions, dtype, self.device)
+            reader = CheckpointReader(spec.model_path, dtype, self.device)
+            try:
+                model.load(reader)
+            except RuntimeError as exc:
+                raise InvalidArgumentError(
+                    f"the checkpoint in {spec.model_path!r} does not match its config.json: {exc}"
+                ) from exc
+            finally:
+                reader.close()
+        except BaseException:
+            parallel.destroy()  # a later LoadModel must be able to join a new group
+            raise
         model.eval()
         self.parallel = parallel
         self.broken_reason = ""

@@ -39,7 +39,8 @@ class VocabParallelEmbedding(nn.Module):
         return self.parallel.tp_all_reduce(out)
 
     def load(self, reader: CheckpointReader, name: str) -> None:
-        self.weight.data.copy_(reader.read(name, 0, self.start, self.end))
+        full = (self.vocab_size, self.weight.shape[1])
+        self.weight.data.copy_(reader.read(name, full, 0, self.start, self.end))
 
 
 class ParallelLMHead(nn.Module):
@@ -60,4 +61,5 @@ class ParallelLMHead(nn.Module):
         return logits[..., : self.vocab_size]
 
     def load(self, reader: CheckpointReader, name: str) -> None:
-        self.weight.data.copy_(reader.read(name, 0, self.start, self.end))
+        full = (self.vocab_size, self.weight.shape[1])
+        self.weight.data.copy_(reader.read(name, full, 0, self.start, self.end))

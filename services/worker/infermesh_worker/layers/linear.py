@@ -18,21 +18,22 @@ def _param(shape: tuple[int, ...], dtype: torch.dtype, device) -> nn.Parameter:
 class MergedColumnParallelLinear(nn.Module):
     """Several column-parallel projections of the same input fused into one matmul.
 
-    `parts` lists (checkpoint suffix, rows this rank holds, first row of this rank's slice); the
-    local output is those slices concatenated in order.
+    `parts` lists (checkpoint suffix, rows this rank holds, first row of this rank's slice, rows of
+    the whole checkpoint tensor); the local output is those slices concatenated in order.
     """
 
     def __init__(
         self,
         in_features: int,
-        parts: list[tuple[str, int, int]],
+        parts: list[tuple[str, int, int, int]],
         bias: bool,
         dtype: torch.dtype,
         device,
     ) -> None:
         super().__init__()
         self.parts = parts
-        self.out_features = sum(rows for _, rows, _ in parts)
+        self.in_features = in_features
+        self.out_features = sum(part[1] for part in parts)
         self.weight = _param((self.out_features, in_features), dtype, device)
         self.bias = _param((self.out_features,), dtype, device) if bias else None
 
@@ -41,14 +42,14 @@ class MergedColumnParallelLinear(nn.Module):
 
     def load(self, reader: CheckpointReader, prefix: str) -> None:
         offset = 0
-        for suffix, rows, start in self.parts:
+        for suffix, rows, start, full_rows in self.parts:
             name = f"{prefix}.{suffix}"
             self.weight.data[offset : offset + rows].copy_(
-                reader.read(f"{name}.weight", 0, start, start + rows)
+                reader.read(f"{name}.weight", (full_rows, self.in_features), 0, start, start + rows)
             )
             if self.bias is not None:
                 self.bias.data[offset : offset + rows].copy_(
-                    reader.read(f"{name}.bias", 0, start, start + rows)
+                    reader.read(f"{name}.bias", (full_rows,), 0, start, start + rows)
                 )
             offset += rows
 
@@ -59,6 +60,7 @@ class RowParallelLinear(nn.Module):
     def __init__(
         self,
         in_features_local: int,
+        in_features: int,
         out_features: int,
         input_start: int,
         bias: bool,
@@ -69,6 +71,8 @@ class RowParallelLinear(nn.Module):
         super().__init__()
         self.parallel = parallel
         self.input_start = input_start
+        self.in_features = in_features
+        self.out_features = out_features
         self.weight = _param((out_features, in_features_local), dtype, device)
         self.bias = _param((out_features,), dtype, device) if bias else None
 
@@ -80,6 +84,9 @@ class RowParallelLinear(nn.Module):
 
     def load(self, reader: CheckpointReader, name: str) -> None:
         cols = self.weight.shape[1]
-        self.weight.data.copy_(reader.read(f"{name}.weight", 1, self.input_start, self.input_start + cols))
+        full = (self.out_features, self.in_features)
+        self.weight.data.copy_(
+            reader.read(f"{name}.weight", full, 1, self.input_start, self.input_start + cols)
+        )
         if self.bias is not None:
-            self.bias.data.copy_(reader.read(f"{name}.bias"))
+            self.bias.data.copy_(reader.read(f"{name}.bias", (self.out_features,)))

@@ -22,4 +22,4 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(input_dtype)
 
     def load(self, reader: CheckpointReader, name: str) -> None:
-        self.weight.data.copy_(reader.read(name))
+        self.weight.data.copy_(reader.read(name, tuple(self.weight.shape)))

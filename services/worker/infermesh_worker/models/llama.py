@@ -45,16 +45,23 @@ class DecoderLayer(nn.Module):
         self.qkv_proj = MergedColumnParallelLinear(
             config.hidden_size,
             [
-                ("q_proj", self.q_size, shard.head_start * d),
-                ("k_proj", self.kv_size, shard.kv_head_start * d),
-                ("v_proj", self.kv_size, shard.kv_head_start * d),
+                ("q_proj", self.q_size, shard.head_start * d, config.num_heads * d),
+                ("k_proj", self.kv_size, shard.kv_head_start * d, config.num_kv_heads * d),
+                ("v_proj", self.kv_size, shard.kv_head_start * d, config.num_kv_heads * d),
             ],
             config.qkv_bias,
             dtype,
             device,
         )
         self.o_proj = RowParallelLinear(
-            self.q_size, config.hidden_size, shard.head_start * d, config.o_bias, parallel, dtype, device
+            self.q_size,
+            config.num_heads * d,
+            config.hidden_size,
+            shard.head_start * d,
+            config.o_bias,
+            parallel,
+            dtype,
+            device,
         )
         self.q_norm = RMSNorm(d, config.rms_norm_eps, dtype, device) if config.qk_norm else None
         self.k_norm = RMSNorm(d, config.rms_norm_eps, dtype, device) if config.qk_norm else None
@@ -62,13 +69,23 @@ class DecoderLayer(nn.Module):
         inter = shard.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(
             config.hidden_size,
-            [("gate_proj", inter, shard.intermediate_start), ("up_proj", inter, shard.intermediate_start)],
+            [
+                ("gate_proj", inter, shard.intermediate_start, config.intermediate_size),
+                ("up_proj", inter, shard.intermediate_start, config.intermediate_size),
+            ],
             config.mlp_bias,
             dtype,
             device,
         )
         self.down_proj = RowParallelLinear(
-            inter, config.hidden_size, shard.intermediate_start, config.mlp_bias, parallel, dtype, device
+            inter,
+            config.intermediate_size,
+            config.hidden_size,
+            shard.intermediate_start,
+            config.mlp_bias,
+            parallel,
+            dtype,
+            device,
         )
 
     def forward(
