@@ -135,6 +135,7 @@ class WorkerGroup:
         self._probe_task: asyncio.Task[None] | None = None
         self._liveness_task: asyncio.Task[None] | None = None
         self._misconfigured_reason = ""
+        self._closing: set[asyncio.Task[None]] = set()
 
     # ----- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -213,7 +214,10 @@ class WorkerGroup:
 
     def _drop(self, worker: WorkerHandle) -> None:
         self._workers.pop(worker.worker_id, None)
-        asyncio.get_running_loop().create_task(worker.channel.close())
+        closing = asyncio.get_running_loop().create_task(worker.channel.close())
+        # The loop keeps only weak references to tasks: hold it until it is done.
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     # ----- forming ------------------------------------------------------------------------
     def _maybe_form(self) -> None:
@@ -230,8 +234,17 @@ class WorkerGroup:
         return "nccl" if any(m.device.startswith("cuda") for m in members) else "gloo"
 
     async def _form(self) -> None:
-        s = self._settings
         previous = self.state
+        try:
+            await self._form_from(previous)
+        except Exception:  # a bug here must not leave the group FORMING for ever
+            logger.exception("forming the worker group failed unexpectedly; waiting for workers again")
+            self._members = []
+            self.state = previous
+            self._on_change()
+
+    async def _form_from(self, previous: GroupState) -> None:
+        s = self._settings
         self.state = GroupState.FORMING
         members = list(self._workers.values())[: s.world_size]
         self._members = members
