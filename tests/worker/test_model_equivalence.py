@@ -115,17 +115,21 @@ def test_half_precision_runs_close_to_fp32(dtype, model_dirs):
     assert captured[0][0].argmax() == reference.argmax()
 
 
-def test_tied_embeddings_and_llama3_rope_match_transformers(tmp_path):
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+LINEAR_ROPE = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
+
+
+@pytest.mark.parametrize("rope", [LLAMA3_ROPE, LINEAR_ROPE], ids=["llama3", "linear"])
+def test_tied_embeddings_biases_and_rope_scaling_match_transformers(tmp_path, rope):
     from tests.model_factory import build_random_model
 
-    rope = {
-        "rope_type": "llama3",
-        "rope_theta": 500000.0,
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 16,
-    }
     model_dir = build_random_model(
         "llama",
         tmp_path / "tied",
