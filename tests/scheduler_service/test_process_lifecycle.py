@@ -86,3 +86,19 @@ def test_sigterm_ends_live_streams_with_unavailable_and_exits(model_dir):
         if worker is not None:
             worker.stop()
         scheduler.stop()
+
+
+def test_port_in_use_is_refused(model_dir):
+    first = start_scheduler(model_dir)
+    try:
+        port = first.address.rsplit(":", 1)[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "infermesh_scheduler", "--port", port, "--model-path", str(model_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    finally:
+        first.stop()

@@ -57,6 +57,16 @@ def group_settings(cfg: Any, max_model_len: int) -> WorkerGroupSettings:
     )
 
 
+def _listen(server: grpc.aio.Server, address: str, what: str) -> int:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise StartupError(f"cannot listen on {address} ({what}): is it in use by another process?")
+    return port
+
+
 async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = None) -> None:
     """Runs the scheduler until SIGTERM/SIGINT (or `stop` is set)."""
     try:
@@ -81,7 +91,8 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
     )
     server = grpc.aio.server(
         migration_thread_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        # No SO_REUSEPORT: a second scheduler on the same port must fail, not share the traffic.
+        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)],
         interceptors=aio_server_interceptors(),
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
@@ -123,13 +134,10 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         ),
         server,
     )
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
-    if port == 0:
-        raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: is the port in use?")
+    port = _listen(server, f"{cfg.host}:{cfg.port}", "host:port")
     if cfg.worker_endpoint:
         worker_address = listen_address(cfg.worker_endpoint)
-        if server.add_insecure_port(worker_address) == 0:
-            raise StartupError(f"cannot listen on worker_endpoint {cfg.worker_endpoint} ({worker_address})")
+        _listen(server, worker_address, f"worker_endpoint {cfg.worker_endpoint}")
         logger.info("workers may also register on %s", worker_address)
     await server.start()
     group.start()
