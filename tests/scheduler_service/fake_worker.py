@@ -50,8 +50,9 @@ class FakeSequence:
 
 
 class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, max_num_blocks: int, step_delay_s: float, poison_token: int) -> None:
+    def __init__(self, max_num_blocks: int, step_delay_s: float, poison_token: int, refuse_load: str) -> None:
         self._max_num_blocks = max_num_blocks
+        self._refuse_load = refuse_load
         self._poison_token = poison_token
         self._step_delay_s = step_delay_s
         self._lock = threading.Lock()
@@ -62,6 +63,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
         self._returns_tokens = False
 
     def LoadModel(self, request, context):
+        if self._refuse_load:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._refuse_load)
         config = json.loads((Path(request.model_path) / "config.json").read_text())
         overrides = json.loads(request.config_overrides_json) if request.config_overrides_json else {}
         config.update(overrides)
@@ -199,12 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-name", default="fake-worker")
     parser.add_argument("--max-num-blocks", type=int, default=256)
     parser.add_argument("--step-delay-ms", type=float, default=0.0)
+    parser.add_argument("--refuse-load", default="", help="answer LoadModel with INVALID_ARGUMENT and this")
     parser.add_argument("--poison-token", type=int, default=-1, help="fail Execute for sequences holding it")
     args = parser.parse_args(argv)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-        FakeWorker(args.max_num_blocks, args.step_delay_ms / 1000, args.poison_token), server
+        FakeWorker(args.max_num_blocks, args.step_delay_ms / 1000, args.poison_token, args.refuse_load),
+        server,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -291,3 +291,21 @@ def test_tp2_pp2_tokens_come_from_the_last_stage_first_tensor_rank(procs, model_
         wait_all_blocks_free(stub)
     for w in workers:
         assert_no_plan_errors(w)
+
+
+def test_worker_refusing_the_model_makes_the_scheduler_refuse_requests(procs, model_dir):
+    scheduler = procs.scheduler(model_dir, "--group-recovery-timeout-ms", "20000")
+    procs.worker(scheduler.address, "w0", "--refuse-load", "dtype bf16 is not supported on this device")
+    deadline = time.monotonic() + 10
+    while "refusing to serve" not in scheduler.output_tail():
+        assert time.monotonic() < deadline, scheduler.output_tail()
+        time.sleep(0.05)
+    assert health_status(scheduler.address) == NOT_SERVING
+    with grpc.insecure_channel(scheduler.address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Submit(submit_request("x", [5], 3), timeout=10))
+        assert time.monotonic() - started < 5  # refused at once, not after group_recovery_timeout_ms
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "w0 refused to load the model: dtype bf16 is not supported" in err.value.details()

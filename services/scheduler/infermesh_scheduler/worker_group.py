@@ -33,6 +33,22 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+# Answers to LoadModel/InitKVCache that mean "this configuration cannot work here", not a glitch.
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+# Pause before forming again after a transient failure (s).
+_REFORM_BACKOFF_S = 0.5
+
+
 class GroupState(Enum):
     """Where the worker group is in its life."""
 
@@ -308,10 +324,7 @@ class WorkerGroup:
         self._members = []
         self.state = previous
         refused = [
-            (m, e)
-            for m, e in err.failures
-            if isinstance(e, grpc.aio.AioRpcError)
-            and e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            (m, e) for m, e in err.failures if isinstance(e, grpc.aio.AioRpcError) and e.code() in _REFUSALS
         ]
         dead = await self._drop_dead()
         refused = [(m, e) for m, e in refused if m not in dead]
@@ -320,6 +333,9 @@ class WorkerGroup:
             self._misconfigured_reason = f"worker {m.name} refused to load the model: {e.details()}"
             self.state = GroupState.MISCONFIGURED
             logger.error("refusing to serve: %s", self._misconfigured_reason)
+        else:
+            # Transient (a peer vanished during the rendezvous, a timeout): retry, but not in a spin.
+            await asyncio.sleep(_REFORM_BACKOFF_S)
         self._on_change()
         self._maybe_form()
 
