@@ -156,3 +156,29 @@ def test_model_info(stub):
         1,
         "fp32",
     )
+
+
+def test_cancels_and_aborts_racing_steps_leak_nothing(stub):
+    """A quarter of the streams are cancelled and a quarter aborted while steps are in flight."""
+    calls = {
+        i: stub.Submit(submit_request(f"race-{i}", [3 + i, 4 + i], 60, ignore_eos=True), timeout=30)
+        for i in range(40)
+    }
+    for i, call in calls.items():
+        want = expected_tokens([3 + i, 4 + i], 60)
+        got = list(next(call).token_ids)
+        if i % 4 == 0:
+            call.cancel()
+            continue
+        if i % 4 == 1:
+            found = stub.Abort(scheduler_pb2.AbortRequest(request_id=f"race-{i}"), timeout=5).found
+            rest = list(call)
+            got += [t for r in rest for t in r.token_ids]
+            last = rest[-1] if rest else None
+            if found:  # ended early: what came is a prefix of the full answer
+                assert last is not None and last.finish_reason == common_pb2.FINISH_REASON_ABORT
+                assert got == want[: len(got)]
+                continue
+        else:
+            got += [t for r in call for t in r.token_ids]
+        assert got == want
