@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import queue
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent import futures
 
 import grpc
@@ -86,6 +88,12 @@ def start_worker(scheduler_address: str, *extra: str) -> tuple[subprocess.Popen,
     return process, address, lines
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def stop_worker(process: subprocess.Popen) -> int:
     process.terminate()
     try:
@@ -97,7 +105,8 @@ def stop_worker(process: subprocess.Popen) -> int:
 
 def test_worker_registers_and_serves_steps(fake_scheduler, model_dirs):
     scheduler, scheduler_address = fake_scheduler
-    process, address, lines = start_worker(scheduler_address)
+    metrics_port = _free_port()
+    process, address, lines = start_worker(scheduler_address, "--metrics-port", str(metrics_port))
     try:
         registration = scheduler.registrations.get(timeout=30)
         assert registration.address == address
@@ -141,6 +150,12 @@ def test_worker_registers_and_serves_steps(fake_scheduler, model_dirs):
             schedule = planner.decode_all()
         for seq_id, prompt in prompts.items():
             assert planner.sequences[seq_id].outputs == transformers_greedy(model_dir, prompt, 5)
+
+        metrics = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        )
+        assert re.search(r"^infermesh_worker_step_tokens_total 20\.0$", metrics, re.M), metrics
+        assert re.search(r"^infermesh_worker_step_seconds_count 5\.0$", metrics, re.M), metrics
 
         mismatch = worker_pb2.StepPlan(step_id=99)
         mismatch.running_sequences.add(seq_id=1, num_computed_tokens=2, num_scheduled_tokens=1)
