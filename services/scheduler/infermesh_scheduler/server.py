@@ -23,7 +23,7 @@ from infermesh_scheduler.model_info import build_model_info, resolve_max_model_l
 from infermesh_scheduler.servicer import SchedulerServicer
 from infermesh_scheduler.serving_health import ServingHealth
 from infermesh_scheduler.submit_validation import ModelLimits
-from infermesh_scheduler.worker_endpoint import listen_address
+from infermesh_scheduler.worker_endpoint import WorkerEndpointError, listen_address
 from infermesh_scheduler.worker_group import WorkerGroup, WorkerGroupSettings
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,10 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
     )
     port = _listen(server, f"{cfg.host}:{cfg.port}", "host:port")
     if cfg.worker_endpoint:
-        worker_address = listen_address(cfg.worker_endpoint)
+        try:
+            worker_address = listen_address(cfg.worker_endpoint)
+        except WorkerEndpointError as err:
+            raise StartupError(str(err)) from None
         _listen(server, worker_address, f"worker_endpoint {cfg.worker_endpoint}")
         logger.info("workers may also register on %s", worker_address)
     await server.start()
