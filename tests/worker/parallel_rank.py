@@ -73,3 +73,44 @@ def run_rank(model_dir: str, tp: int, pp: int, rank: int, init_method: str, resu
         runner.shutdown()
     except BaseException:  # noqa: BLE001 - report any failure to the parent instead of hanging it
         results.put((rank, "error", traceback.format_exc(), None, None, None))
+
+
+def run_rank_that_diverges(model_dir: str, rank: int, init_methods: list[str], results) -> None:
+    """tp=2: in step 2 rank 1 gets a plan that contradicts its state, rank 0 the right one. Rank 1
+    must refuse and leave the group so rank 0 is released from its all-reduce; then both join a new
+    group (second init method) and serve again."""
+    from infermesh.v1 import worker_pb2
+
+    torch.set_num_threads(1)
+    try:
+        runner = ModelRunner(torch.device("cpu"), kv_cache_memory_bytes=1 << 22, dist_timeout_s=600.0)
+
+        def load(init_method: str) -> StepPlanner:
+            runner.load_model(
+                LoadSpec(
+                    model_dir, tp_size=2, tp_rank=rank, dist_init_method=init_method, block_size=BLOCK_SIZE
+                )
+            )
+            runner.init_kv_cache(NUM_BLOCKS, 0)
+            planner = StepPlanner(BLOCK_SIZE, NUM_BLOCKS)
+            planner.add(1, PROMPTS[1])
+            planner.record(runner.execute(planner.plan({1: len(PROMPTS[1])})).tokens)
+            for seq_id, seq in planner.sequences.items():
+                seq.token_ids = list(runner.sequences[seq_id].token_ids)
+            return planner
+
+        planner = load(init_methods[0])
+        plan = planner.plan(planner.decode_all())
+        if rank == 1:
+            plan = worker_pb2.StepPlan.FromString(plan.SerializeToString())
+            plan.running_sequences[0].num_computed_tokens += 1
+        errors = []
+        for _ in range(2):  # the failed step, then a step on the abandoned group
+            try:
+                runner.execute(plan)
+            except Exception as exc:  # noqa: BLE001 - the test inspects what each rank saw
+                errors.append(f"{type(exc).__name__}: {exc}")
+        planner = load(init_methods[1])
+        results.put((rank, "ok", errors, runner.sequences[1].token_ids))
+    except BaseException:  # noqa: BLE001
+        results.put((rank, "error", traceback.format_exc(), None))

@@ -11,7 +11,7 @@ import torch
 
 from tests.model_factory import build_random_model, transformers_greedy
 from tests.worker.conftest import make_runner
-from tests.worker.parallel_rank import NEW_TOKENS, PROMPTS, drive, run_rank
+from tests.worker.parallel_rank import NEW_TOKENS, PROMPTS, drive, run_rank, run_rank_that_diverges
 
 pytestmark = pytest.mark.multiproc
 
@@ -114,3 +114,39 @@ def test_kv_heads_are_replicated_when_fewer_than_tp_ranks(parallel_models, singl
     assert outputs == reference_outputs
     for got, want in zip(captured, reference_logits, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_rank_that_refuses_a_step_releases_its_peers_and_the_group_can_rebuild(parallel_models):
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    init_methods = [f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"]
+    procs = [
+        ctx.Process(
+            target=run_rank_that_diverges, args=(str(parallel_models["qwen2"]), r, init_methods, results)
+        )
+        for r in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    collected = {}
+    try:
+        while len(collected) < 2:
+            # The collective timeout is 600 s: an answer well within it means the peer was released.
+            rank, status, errors, tokens = results.get(timeout=90)
+            assert status == "ok", f"rank {rank} failed:\n{errors}"
+            collected[rank] = (errors, tokens)
+    finally:
+        for proc in procs:
+            proc.join(timeout=20)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    refused, after_refusal = collected[1][0]
+    assert "the scheduler says 8" in refused
+    assert "left its process group" in after_refusal
+    released, after_release = collected[0][0]
+    assert "RuntimeError" in released  # its all-reduce failed when rank 1 left
+    assert "left its process group" in after_release
+    # After rebuilding, both ranks computed the same first token again.
+    assert collected[0][1] == collected[1][1]
+    assert len(collected[0][1]) == len(PROMPTS[1]) + 1

@@ -225,8 +225,20 @@ class ModelRunner:
             raise FailedPreconditionError("Execute before LoadModel: load the model first")
         if self.kv_cache is None:
             raise FailedPreconditionError("Execute before InitKVCache: allocate the KV cache first")
-        self._validate(plan)
         start = time.perf_counter()
+        try:
+            self._validate(plan)
+            tokens = self._apply_and_run(plan)
+        except Exception as exc:
+            if self.parallel.world_size > 1:
+                # Peers may already wait in a collective for this rank (e.g. if its state diverged);
+                # leaving the group releases them, and the scheduler rebuilds a group whose step failed.
+                self._abandon_group(f"step {plan.step_id} failed: {type(exc).__name__}: {exc}")
+            raise
+        elapsed_us = int((time.perf_counter() - start) * 1e6)
+        return StepResult(step_id=plan.step_id, tokens=tokens, compute_time_us=elapsed_us)
+
+    def _apply_and_run(self, plan: worker_pb2.StepPlan) -> list[SampledToken]:
         for seq_id in plan.finished_seq_ids:
             self.sequences.pop(seq_id, None)
         self.kv_cache.swap_out([(m.src, m.dst) for m in plan.swap_out])
@@ -243,14 +255,7 @@ class ModelRunner:
             state.block_table.extend(running.new_block_ids)
             if running.num_scheduled_tokens:
                 scheduled.append((state, running.num_scheduled_tokens))
-        try:
-            tokens = self._run(scheduled) if scheduled else []
-        except Exception as exc:
-            if self.parallel.world_size > 1:
-                self._abandon_group(f"step {plan.step_id} failed: {type(exc).__name__}: {exc}")
-            raise
-        elapsed_us = int((time.perf_counter() - start) * 1e6)
-        return StepResult(step_id=plan.step_id, tokens=tokens, compute_time_us=elapsed_us)
+        return self._run(scheduled) if scheduled else []
 
     def _new_state(self, new: worker_pb2.NewSequence) -> SequenceState:
         sampling = new.sampling
