@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -110,14 +112,18 @@ class Generation:
     async def _stream_from(
         self, replica: SchedulerReplica, is_last_replica: bool
     ) -> AsyncIterator[CompletionDelta | None]:
-        """Streams from one replica; yields None (and stops) when the request may go to another one."""
+        """Streams from one replica; yields None (and stops) when the request goes on at another
+        one: before its first token when the replica is unavailable, or mid-stream when the
+        replica dies or stops answering (then from the tokens already streamed)."""
         timeout_ms = self._request.timeout_ms
         timeout_s = timeout_ms / 1000 + DEADLINE_GRACE_S if timeout_ms else None
         call = replica.stub.Submit(self._request.submit, timeout=timeout_s)
+        watchdog = _StallWatchdog(call, replica, self._pool)
         scheduler_done = False
         received = False
         try:
             async for response in call:
+                watchdog.heard()
                 if not received:
                     received = True
                     self._pool.report_result(replica, None)
@@ -140,42 +146,88 @@ class Generation:
                 if position == len(unfinished) - 1:
                     delta.usage = self.usage()
                 yield delta
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-            scheduler_done = code != grpc.StatusCode.DEADLINE_EXCEEDED
-            if code == grpc.StatusCode.UNAVAILABLE and not received:
-                transport_failed = replica.channel.get_state() != grpc.ChannelConnectivity.READY
-                self._pool.report_result(replica, code if transport_failed else None)
-                if not is_last_replica:
-                    logger.warning(
-                        "scheduler %s unavailable (%s); trying another", replica.address, error.details()
-                    )
-                    yield None
-                    return
-                if transport_failed:
-                    raise RequestError(
-                        code,
-                        f"no scheduler replica is reachable at {', '.join(self._pool.addresses)} "
-                        f"(last error: {error.details()}); start a scheduler or fix --scheduler-addresses",
-                    ) from error
-            else:
-                self._pool.report_result(replica, code)
-            if code == grpc.StatusCode.UNAVAILABLE and received:
+        except (asyncio.CancelledError, grpc.aio.AioRpcError) as error:
+            if not watchdog.stalled:
+                if isinstance(error, asyncio.CancelledError):
+                    raise  # our own task is being cancelled (the client went away)
+                # A deadline that fired on our side leaves the request live at the scheduler.
+                scheduler_done = error.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+                self._check_rpc_error(error, replica, received, is_last_replica)
+                yield None
+                return
+            # The replica is DOWN and this stream went quiet: take the request elsewhere.
+            self._pool.report_result(replica, grpc.StatusCode.UNAVAILABLE)
+            reason = f"scheduler {replica.address} stopped answering"
+            if is_last_replica or (received and not self._prepare_resume()):
                 raise RequestError(
-                    code,
-                    f"scheduler {replica.address} went away in the middle of the request: {error.details()}",
-                ) from error
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED and "Deadline Exceeded" in (error.details() or ""):
-                # gRPC's own deadline on our call fired (its wording, not the scheduler's message).
-                raise RequestError(
-                    code, f"the request did not finish within its timeout of {timeout_ms} ms"
-                ) from error
-            # Everything else is the scheduler's own verdict: pass its status and message on as is.
-            raise RequestError(code, error.details() or code.name) from error
+                    grpc.StatusCode.UNAVAILABLE, self._cannot_continue(reason, received)
+                ) from None
+            logger.warning("%s: request %s goes on at another replica", reason, self.request_id)
+            yield None
         finally:
+            watchdog.cancel()
+            self._pool.release(replica)
             if not scheduler_done:
                 call.cancel()
                 self._pool.send_abort(replica, self.request_id)
+
+    def _check_rpc_error(
+        self, error: grpc.aio.AioRpcError, replica: SchedulerReplica, received: bool, is_last_replica: bool
+    ) -> None:
+        """Returns when the request may go on at another replica; raises RequestError otherwise."""
+        code = error.code()
+        timeout_ms = self._request.timeout_ms
+        if code == grpc.StatusCode.UNAVAILABLE and not received:
+            transport_failed = replica.channel.get_state() != grpc.ChannelConnectivity.READY
+            self._pool.report_result(replica, code if transport_failed else None)
+            if not is_last_replica:
+                logger.warning(
+                    "scheduler %s unavailable (%s); trying another", replica.address, error.details()
+                )
+                return
+            if transport_failed:
+                raise RequestError(
+                    code,
+                    f"no scheduler replica is reachable at {', '.join(self._pool.addresses)} "
+                    f"(last error: {error.details()}); start a scheduler or fix --scheduler-addresses",
+                ) from error
+        elif code == grpc.StatusCode.UNAVAILABLE:
+            # Mid-stream: the replica died, shut down, or lost its workers for good.
+            self._pool.report_result(replica, code)
+            reason = f"scheduler {replica.address} went away in the middle of the request: {error.details()}"
+            if is_last_replica or not self._prepare_resume():
+                raise RequestError(code, self._cannot_continue(reason, received)) from error
+            logger.warning(
+                "%s; request %s goes on at another replica after %d tokens",
+                reason,
+                self.request_id,
+                len(self._request.submit.resumed_output_token_ids),
+            )
+            return
+        else:
+            self._pool.report_result(replica, code)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and "Deadline Exceeded" in (error.details() or ""):
+            # gRPC's own deadline on our call fired (its wording, not the scheduler's message).
+            raise RequestError(
+                code, f"the request did not finish within its timeout of {timeout_ms} ms"
+            ) from error
+        # Everything else is the scheduler's own verdict: pass its status and message on as is.
+        raise RequestError(code, error.details() or code.name) from error
+
+    def _prepare_resume(self) -> bool:
+        """Makes the next Submit continue from the tokens already streamed; False when the
+        request cannot be resumed (n > 1: the scheduler resumes one completion only)."""
+        if len(self.outputs) != 1:
+            return False
+        submit = self._request.submit
+        del submit.resumed_output_token_ids[:]
+        submit.resumed_output_token_ids.extend(self.outputs[0].token_ids)
+        return len(submit.resumed_output_token_ids) < submit.sampling.max_tokens
+
+    def _cannot_continue(self, reason: str, received: bool) -> str:
+        if received and len(self.outputs) != 1:
+            return f"{reason}; a request with n > 1 cannot be resumed on another replica"
+        return f"{reason}; no other scheduler replica is left to continue on (failover_max_attempts)"
 
     def _take(self, response: scheduler_pb2.SubmitResponse) -> CompletionDelta | None:
         if response.index >= len(self.outputs):
@@ -184,3 +236,38 @@ class Generation:
                 f"scheduler sent completion index {response.index} for a request with n={len(self.outputs)}",
             )
         return self.outputs[response.index].add(response.token_ids, response.logprobs, response.finish_reason)
+
+
+class _StallWatchdog:
+    """Cancels a Submit call whose replica is DOWN (its polls fail) and that has been silent for
+    the pool's stall timeout: a replica that stops answering without closing its connections
+    would otherwise hold the stream forever. `stalled` tells the reader why its call ended."""
+
+    def __init__(
+        self, call: grpc.aio.UnaryStreamCall, replica: SchedulerReplica, pool: SchedulerPool
+    ) -> None:
+        self.stalled = False
+        self._call = call
+        self._replica = replica
+        self._pool = pool
+        self._last_heard = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(pool.stall_timeout_s, self._check)
+
+    def heard(self) -> None:
+        self._last_heard = time.monotonic()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        timeout_s = self._pool.stall_timeout_s
+        silent_s = time.monotonic() - self._last_heard
+        if self._pool.is_down(self._replica) and silent_s >= timeout_s:
+            self.stalled = True
+            self._handle = None
+            self._call.cancel()
+            return
+        self._handle = self._loop.call_later(max(timeout_s - silent_s, timeout_s / 4), self._check)

@@ -1,4 +1,10 @@
-"""The scheduler replicas this frontend sends requests to, and the choice of one per request."""
+"""The scheduler replicas this frontend sends requests to, and the choice of one per request.
+
+Replicas come from discovery (a static list, DNS, or Redis registrations); each is polled for its
+load (GetLoad) in the background and taken out of routing when a poll or a call fails, until it
+answers again. The dispatch policy (routing/) picks among the replicas that are up; the request
+path only reads the load table, it never calls a scheduler to decide.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,24 @@ from dataclasses import dataclass
 
 import grpc
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
+from infermesh_shared.discovery import ReplicaDiscovery, StaticDiscovery
+
+from infermesh_frontend.routing import (
+    DISPATCH_POLICIES,
+    ReplicaHealth,
+    ReplicaTable,
+    RouteRequest,
+    make_routing_policy,
+)
+from infermesh_frontend.routing.load_report import load_report_from_response
+from infermesh_frontend.routing.replica_monitor import ReplicaMonitor
+from infermesh_frontend.routing.replica_table import LoadReport
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_DISPATCH_POLICIES = ("round_robin",)
+SUPPORTED_DISPATCH_POLICIES = DISPATCH_POLICIES
+DEFAULT_LOAD_POLL_INTERVAL_MS = 500
+DEFAULT_HEALTH_CHECK_INTERVAL_MS = 1000
 
 
 @dataclass(slots=True)
@@ -32,7 +52,7 @@ class SchedulerReplica:
     address: str
     channel: grpc.aio.Channel
     stub: scheduler_pb2_grpc.SchedulerServiceStub
-    # False after a call failed with UNAVAILABLE; True again after any call gets through.
+    # False after a call or load poll failed; True again after the next poll that answers.
     reachable: bool = True
 
 
@@ -41,74 +61,115 @@ class NoSchedulerError(Exception):
 
 
 class SchedulerPool:
-    """Holds a channel per scheduler address and picks one replica per request.
+    """Holds a channel per discovered scheduler and picks one replica per request.
 
-    Round-robin for now, skipping replicas whose last call failed with UNAVAILABLE; when all
-    have failed it tries them anyway, so a scheduler that comes back is used again.
+    `start()` must run (on the event loop) before the pool routes: it reads discovery and polls
+    every replica once, then keeps both up to date in the background until `close()`.
     """
 
     def __init__(
         self,
-        addresses: Sequence[str],
+        addresses: Sequence[str] = (),
         dispatch_policy: str = "round_robin",
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        *,
+        discovery: ReplicaDiscovery | None = None,
+        load_poll_interval_ms: int = DEFAULT_LOAD_POLL_INTERVAL_MS,
+        health_check_interval_ms: int = DEFAULT_HEALTH_CHECK_INTERVAL_MS,
     ) -> None:
-        if not addresses:
-            raise ValueError("scheduler_addresses is empty: give at least one scheduler HOST:PORT")
-        if dispatch_policy not in SUPPORTED_DISPATCH_POLICIES:
-            raise ValueError(
-                f"dispatch_policy {dispatch_policy!r} is not supported by this frontend yet; "
-                f"supported: {', '.join(SUPPORTED_DISPATCH_POLICIES)}"
-            )
+        if discovery is None:
+            if not addresses:
+                raise ValueError("scheduler_addresses is empty: give at least one scheduler HOST:PORT")
+            discovery = StaticDiscovery(list(addresses))
         self.dispatch_policy = dispatch_policy
+        self.policy = make_routing_policy(dispatch_policy)
+        self.table = ReplicaTable()
         self._interceptors = list(interceptors)
-        self.replicas = [self._connect(address) for address in addresses]
-        self._next = 0
+        self._replicas: dict[str, SchedulerReplica] = {}
+        self._block_size = 0
+        health_s = health_check_interval_ms / 1000
+        # How long a stream on a replica that is DOWN may stay silent before it fails over.
+        self.stall_timeout_s = health_s
+        self.monitor = ReplicaMonitor(
+            discovery,
+            self.table,
+            self._fetch_load,
+            # A poll is also the health check: poll at least once per health interval.
+            poll_interval_s=min(load_poll_interval_ms, health_check_interval_ms) / 1000,
+            health_timeout_s=health_s,
+            discovery_interval_s=health_s,
+            on_membership=self._on_membership,
+            on_down=self._on_down,
+        )
+        self._started = False
+        # Channels of replicas that left discovery: closed with the pool, not at once, so that a
+        # request still streaming from a replica that deregistered is not cut off by us.
+        self._retired: list[grpc.aio.Channel] = []
+        if isinstance(discovery, StaticDiscovery):
+            # Configured replicas are routable from the start; the first poll corrects that.
+            static = sorted(discovery.resolve())
+            self.table.sync(static)
+            self._on_membership(static, [])
+            for address in static:
+                self.table.mark_up(address)
         # Aborts run in the background (the request's own task may be cancelled); keep references
         # so they are not garbage-collected half way.
         self._aborts: set[asyncio.Task[None]] = set()
         self.abort_timeout_s = 5.0
 
-    def _connect(self, address: str) -> SchedulerReplica:
-        channel = grpc.aio.insecure_channel(address, interceptors=self._interceptors or None)
-        return SchedulerReplica(
-            address=address, channel=channel, stub=scheduler_pb2_grpc.SchedulerServiceStub(channel)
-        )
+    async def start(self) -> None:
+        """Finds the replicas and polls each once; then keeps doing so in the background."""
+        if not self._started:
+            self._started = True
+            await self.monitor.start()
+
+    @property
+    def replicas(self) -> list[SchedulerReplica]:
+        """Every known replica (up or not), by address."""
+        return [self._replicas[address] for address in sorted(self._replicas)]
 
     @property
     def addresses(self) -> list[str]:
-        """The configured scheduler addresses, in order."""
-        return [replica.address for replica in self.replicas]
+        """The known scheduler addresses, sorted."""
+        return sorted(self._replicas)
 
     def pick(
         self, request_context: RequestContext, exclude: Sequence[SchedulerReplica] = ()
     ) -> SchedulerReplica:
-        """Returns the replica to send `request_context` to, never one in `exclude`.
+        """Returns the replica to send `request_context` to, never one in `exclude`, and counts
+        the request on it (call `release` when the request ends there).
 
-        Raises NoSchedulerError when every replica is excluded.
+        Raises NoSchedulerError when no replica that is up is left.
         """
-        candidates = [replica for replica in self.replicas if replica not in exclude]
+        excluded = [replica.address for replica in exclude]
+        candidates = self.table.candidates(excluded)
         if not candidates:
-            raise NoSchedulerError(f"no scheduler replica is reachable at {', '.join(self.addresses)}")
-        reachable = [replica for replica in candidates if replica.reachable]
-        pool = reachable or candidates
-        # Walk the ring from the cursor so every replica gets its turn.
-        count = len(self.replicas)
-        for step in range(count):
-            replica = self.replicas[(self._next + step) % count]
-            if replica in pool:
-                self._next = (self._next + step + 1) % count
-                return replica
-        raise AssertionError("unreachable: pool is a non-empty subset of replicas")
+            addresses = (
+                ", ".join(self.addresses) or f"(none found by discovery = {self.monitor.discovery.kind})"
+            )
+            raise NoSchedulerError(f"no scheduler replica is reachable at {addresses}")
+        chosen = self.policy.pick(
+            RouteRequest(request_context.prompt_token_ids, request_context.session_id), candidates
+        )
+        assert chosen is not None  # candidates is non-empty
+        self.table.record_dispatch(chosen.address)
+        return self._replicas[chosen.address]
+
+    def release(self, replica: SchedulerReplica) -> None:
+        """Counts a request picked for `replica` as ended there."""
+        self.table.record_finish(replica.address)
+
+    def is_down(self, replica: SchedulerReplica) -> bool:
+        """True when the replica's last poll or call failed."""
+        return self.table.health(replica.address) in (ReplicaHealth.DOWN, None)
 
     def report_result(self, replica: SchedulerReplica, code: grpc.StatusCode | None) -> None:
-        """Records how a call to `replica` ended (None: it got an answer) for later picks."""
-        was_reachable = replica.reachable
-        replica.reachable = code != grpc.StatusCode.UNAVAILABLE
-        if was_reachable and not replica.reachable:
-            logger.warning("scheduler %s is unreachable; skipping it until it answers again", replica.address)
-        elif replica.reachable and not was_reachable:
-            logger.info("scheduler %s answers again", replica.address)
+        """Records how a call to `replica` ended (None: it got an answer); an UNAVAILABLE
+        takes it out of routing until its next poll answers, which is asked for at once."""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            replica.reachable = False
+            self.table.mark_down(replica.address, "a call failed with UNAVAILABLE")
+            self.monitor.poll_soon(replica.address)
 
     def send_abort(self, replica: SchedulerReplica, request_id: str) -> None:
         """Asks `replica` to end `request_id` and free its blocks, without waiting for the answer."""
@@ -128,8 +189,41 @@ class SchedulerPool:
             )
 
     async def close(self) -> None:
-        """Waits for pending aborts, then closes every channel."""
+        """Stops discovery and polling, waits for pending aborts, then closes every channel."""
+        if self._started:
+            await self.monitor.stop()
         if self._aborts:
             await asyncio.wait(list(self._aborts), timeout=self.abort_timeout_s)
-        for replica in self.replicas:
-            await replica.channel.close()
+        for channel in [replica.channel for replica in self._replicas.values()] + self._retired:
+            await channel.close()
+        self._replicas.clear()
+        self._retired.clear()
+
+    # ----- discovery and polling callbacks (ReplicaMonitor)
+
+    def _on_membership(self, added: list[str], removed: list[str]) -> None:
+        for address in added:
+            channel = grpc.aio.insecure_channel(address, interceptors=self._interceptors or None)
+            self._replicas[address] = SchedulerReplica(
+                address=address, channel=channel, stub=scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            )
+        for address in removed:
+            replica = self._replicas.pop(address, None)
+            if replica is not None:
+                self._retired.append(replica.channel)
+
+    def _on_down(self, address: str) -> None:
+        replica = self._replicas.get(address)
+        if replica is not None:
+            replica.reachable = False
+
+    async def _fetch_load(self, address: str, timeout_s: float) -> LoadReport:
+        replica = self._replicas[address]
+        response = await replica.stub.GetLoad(scheduler_pb2.GetLoadRequest(), timeout=timeout_s)
+        if self._block_size == 0:
+            info = await replica.stub.GetModelInfo(scheduler_pb2.GetModelInfoRequest(), timeout=timeout_s)
+            self._block_size = info.model.block_size
+            if hasattr(self.policy, "block_size"):
+                self.policy.block_size = self._block_size
+        replica.reachable = True
+        return load_report_from_response(response)

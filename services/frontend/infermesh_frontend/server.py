@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
+from infermesh_shared.discovery import make_discovery, split_host_port
 from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
 from infermesh_shared.telemetry.metrics_server import MetricsServer, create_registry, start_metrics_server
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
@@ -37,6 +38,11 @@ class FrontendSettings:
     host: str = "127.0.0.1"
     port: int = 0
     dispatch_policy: str = "round_robin"
+    # How scheduler replicas are found: static (scheduler_addresses), dns (dns_name), redis (redis_url).
+    discovery: str = "static"
+    dns_name: str = ""
+    redis_url: str = ""
+    load_poll_interval_ms: int = 500
     default_max_tokens: int = 16
     max_stop_strings: int = 16
     request_timeout_ms: int = 0
@@ -56,25 +62,26 @@ class FrontendSettings:
             refusals.append(
                 "http_port: the OpenAI-compatible HTTP API is not built yet; leave http_port at 0"
             )
-        if cfg.discovery != "static":
-            refusals.append(
-                f"discovery {cfg.discovery!r} is not built yet; use static with --scheduler-addresses"
-            )
-        if cfg.metrics_port:
-            refusals.append(
-                "metrics_port: the frontend has no /metrics endpoint yet; leave metrics_port at 0"
-            )
         addresses = list(cfg.scheduler_addresses)
-        if not addresses:
+        if cfg.discovery == "static" and not addresses:
             refusals.append(
                 "scheduler_addresses is empty; give at least one scheduler as --scheduler-addresses HOST:PORT"
             )
-        # With one replica every policy picks the same one; with several only round_robin exists yet.
-        dispatch_policy = cfg.dispatch_policy
-        if len(addresses) > 1 and dispatch_policy != "round_robin":
+        if cfg.discovery != "static" and addresses:
             refusals.append(
-                f"dispatch_policy {dispatch_policy!r} over several schedulers is not built yet; "
-                "use --dispatch-policy round_robin"
+                f"scheduler_addresses is only read with discovery = static, not {cfg.discovery}; "
+                "drop one of them"
+            )
+        if cfg.discovery == "dns":
+            try:
+                split_host_port(cfg.dns_name)
+            except ValueError as error:
+                refusals.append(
+                    f"discovery = dns needs --dns-name HOST:PORT resolving to every replica ({error})"
+                )
+        if cfg.discovery == "redis" and not cfg.redis_url:
+            refusals.append(
+                "discovery = redis needs --redis-url redis://HOST:PORT/DB (where the schedulers register)"
             )
         if refusals:
             raise UnsupportedOptionError("; ".join(refusals))
@@ -83,7 +90,11 @@ class FrontendSettings:
             scheduler_addresses=addresses,
             host=cfg.host,
             port=cfg.port,
-            dispatch_policy="round_robin",
+            dispatch_policy=cfg.dispatch_policy,
+            discovery=cfg.discovery,
+            dns_name=cfg.dns_name,
+            redis_url=cfg.redis_url,
+            load_poll_interval_ms=cfg.load_poll_interval_ms,
             default_max_tokens=cfg.default_max_tokens,
             max_stop_strings=cfg.max_stop_strings,
             request_timeout_ms=cfg.request_timeout_ms,
@@ -99,8 +110,19 @@ class FrontendServer:
     def __init__(self, settings: FrontendSettings, tokenizer: FrontendTokenizer | None = None) -> None:
         self.settings = settings
         self.tokenizer = tokenizer or FrontendTokenizer.from_model_path(settings.model_path)
+        discovery = make_discovery(
+            settings.discovery,
+            scheduler_addresses=settings.scheduler_addresses,
+            dns_name=settings.dns_name,
+            redis_url=settings.redis_url,
+        )
         self.pool = SchedulerPool(
-            settings.scheduler_addresses, settings.dispatch_policy, interceptors=settings.client_interceptors
+            settings.scheduler_addresses,
+            settings.dispatch_policy,
+            interceptors=settings.client_interceptors,
+            discovery=discovery,
+            load_poll_interval_ms=settings.load_poll_interval_ms,
+            health_check_interval_ms=settings.health_check_interval_ms,
         )
         self.model_info = ModelInfoSource(self.pool)
         self.registry = create_registry()
@@ -130,6 +152,8 @@ class FrontendServer:
         if self.port == 0:
             raise OSError(f"cannot bind the frontend to {address}")
         await self.server.start()
+        # Find the scheduler replicas and learn their load before the first request is routed.
+        await self.pool.start()
         if self.settings.metrics_port:
             self.metrics_server = start_metrics_server(
                 self.settings.metrics_port, self.registry, self.settings.host

@@ -56,21 +56,31 @@ class ReplicaMonitor:
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._discovery_task: asyncio.Task[None] | None = None
         self._wakeups: dict[str, asyncio.Event] = {}
+        # Loops also check this: Python < 3.12's wait_for can swallow a cancellation that races
+        # with its inner future finishing, and a loop must still end then.
+        self._stopped = False
 
     async def start(self) -> None:
         """Reads discovery and polls every replica once, then keeps doing so in the background."""
         await self.refresh_discovery()
+        # Replicas put in the table before start (a static list) get their pollers too.
+        for address in self.table.addresses():
+            if address not in self._pollers:
+                self._wakeups[address] = asyncio.Event()
+                self._pollers[address] = asyncio.get_running_loop().create_task(self._poll_loop(address))
         await asyncio.gather(*(self.poll_once(address) for address in self.table.addresses()))
         self._discovery_task = asyncio.get_running_loop().create_task(self._discovery_loop())
 
     async def stop(self) -> None:
         """Cancels every loop and closes the discovery source."""
+        self._stopped = True
+        for wakeup in self._wakeups.values():
+            wakeup.set()
         tasks = [task for task in [self._discovery_task, *self._pollers.values()] if task is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._health_timeout_s + 1.0)
         self._pollers.clear()
         await asyncio.to_thread(self.discovery.close)
 
@@ -125,13 +135,16 @@ class ReplicaMonitor:
 
     async def _poll_loop(self, address: str) -> None:
         wakeup = self._wakeups[address]
-        while True:
+        while not self._stopped:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), self._poll_interval_s)
+            if self._stopped or self._pollers.get(address) is not asyncio.current_task():
+                return  # stopped, or the replica left discovery
             wakeup.clear()
             await self.poll_once(address)
 
     async def _discovery_loop(self) -> None:
-        while True:
+        while not self._stopped:
             await asyncio.sleep(self._discovery_interval_s)
-            await self.refresh_discovery()
+            if not self._stopped:
+                await self.refresh_discovery()

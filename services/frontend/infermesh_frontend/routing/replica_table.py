@@ -104,6 +104,13 @@ class ReplicaTable:
         load.finished_since_report = 0
         self._set_health(address, replica, ReplicaHealth.UP)
 
+    def mark_up(self, address: str) -> None:
+        """Routes to the replica before any report (a configured static replica, before the
+        first poll); its first failed poll or call takes it out again."""
+        replica = self._replicas.get(address)
+        if replica is not None:
+            self._set_health(address, replica, ReplicaHealth.UP)
+
     def mark_down(self, address: str, reason: str) -> None:
         """Takes the replica out of routing until its next successful report."""
         replica = self._replicas.get(address)
