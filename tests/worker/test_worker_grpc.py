@@ -34,13 +34,18 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         return scheduler_pb2.RegisterWorkerResponse(worker_id=f"w{self.registrations.qsize()}")
 
 
-@pytest.fixture
-def fake_scheduler():
+def serve_fake_scheduler(port: int = 0) -> tuple[grpc.Server, FakeScheduler, int]:
     servicer = FakeScheduler()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
+    return server, servicer, port
+
+
+@pytest.fixture
+def fake_scheduler():
+    server, servicer, port = serve_fake_scheduler()
     yield servicer, f"127.0.0.1:{port}"
     server.stop(grace=0).wait()
 
@@ -187,3 +192,23 @@ def test_worker_exits_when_no_scheduler_answers():
     time.sleep(0.1)
     assert code != 0
     assert "did not accept the registration" in "".join(lines)
+
+
+def test_worker_registers_again_with_a_restarted_scheduler():
+    server, first, port = serve_fake_scheduler()
+    process, address, lines = start_worker(f"127.0.0.1:{port}", "--scheduler-probe-interval-ms", "200")
+    replacement = None
+    try:
+        assert first.registrations.get(timeout=30).address == address
+        server.stop(grace=0).wait()
+        time.sleep(1.0)  # several probes go unanswered
+        replacement, second, _ = serve_fake_scheduler(port)
+        again = second.registrations.get(timeout=30)
+        assert again.address == address
+        assert again.worker_name == "test-worker"
+        assert first.registrations.empty()  # the first scheduler saw exactly one registration
+    finally:
+        code = stop_worker(process)
+        if replacement is not None:
+            replacement.stop(grace=0).wait()
+    assert code == 0, "".join(lines)

@@ -6,6 +6,7 @@ import logging
 import time
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -55,3 +56,35 @@ def register_with_scheduler(
         f"({attempt} attempts, last error {last_error}); check --scheduler-address and that the "
         "scheduler is running"
     )
+
+
+class SchedulerWatch:
+    """Notices a scheduler that went away and came back (restarted), so the worker can register again.
+
+    A probe is a health Check; any answer, even UNIMPLEMENTED or NOT_SERVING, means the scheduler
+    process is there. Only after `lost_probes` unanswered probes in a row does an answer count as
+    "came back": a single slow probe must not make the worker re-register, which the scheduler
+    treats as a worker restart and answers by rebuilding the group.
+    """
+
+    def __init__(self, channel: grpc.Channel, timeout_s: float, lost_probes: int = 2) -> None:
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self._timeout_s = timeout_s
+        self._lost_probes = lost_probes
+        self._missed = 0
+
+    def probe(self) -> bool:
+        """True when the scheduler answers after having been unreachable (time to register again)."""
+        try:
+            self._health.Check(health_pb2.HealthCheckRequest(), timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self._missed += 1
+                if self._missed == self._lost_probes:
+                    logger.warning(
+                        "scheduler unreachable (%s); will register again when it is back", exc.code().name
+                    )
+                return False
+        came_back = self._missed >= self._lost_probes
+        self._missed = 0
+        return came_back

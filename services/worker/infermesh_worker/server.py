@@ -26,7 +26,7 @@ from infermesh_shared.telemetry import (
 )
 
 from infermesh_worker.model_runner import ModelRunner
-from infermesh_worker.registration import RegistrationTimeout, register_with_scheduler
+from infermesh_worker.registration import RegistrationTimeout, SchedulerWatch, register_with_scheduler
 from infermesh_worker.servicer import WorkerServicer
 
 logger = logging.getLogger(__name__)
@@ -111,9 +111,9 @@ def run(cfg) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    exit_code = 0
     channel = traced_channel(grpc.insecure_channel(cfg.scheduler_address))
-    try:
+
+    def register() -> None:
         register_with_scheduler(
             channel,
             cfg.scheduler_address,
@@ -123,11 +123,23 @@ def run(cfg) -> int:
             cfg.register_timeout_ms / 1000.0,
             stop_requested=stop.is_set,
         )
+
+    exit_code = 0
+    try:
+        register()
     except RegistrationTimeout as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         exit_code = 1
         stop.set()
-    stop.wait()
+    interval_s = cfg.scheduler_probe_interval_ms / 1000.0
+    watch = SchedulerWatch(channel, timeout_s=max(interval_s, 1.0))
+    while not stop.wait(interval_s if interval_s > 0 else None):
+        if watch.probe():
+            logger.warning("scheduler %s is back: registering again", cfg.scheduler_address)
+            try:
+                register()
+            except RegistrationTimeout as exc:
+                logger.error("registering again failed: %s", exc)
     set_serving(health, [SERVICE_NAME], False)
     server.stop(grace=2).wait()
     torch_thread_done = servicer.close()
