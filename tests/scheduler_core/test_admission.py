@@ -146,3 +146,24 @@ def test_resumed_outputs_count_towards_max_tokens_and_are_not_reemitted():
     tokens = run_to_completion(sched, worker)
     assert len(tokens[("r", 0)]) == 2
     assert tokens[("r", 0)][0] == worker.next_token(prompt + resumed)
+
+
+def test_load_snapshot_counts_queue_blocks_and_preemptions():
+    sched, worker = make_pair(block_size=4, num_blocks=8, max_batch_size=2, max_model_len=64)
+    sched.add_request(make_spec("a", [1] * 7, 20))
+    sched.add_request(make_spec("b", [2] * 7, 20))
+    sched.add_request(make_spec("c", [3] * 5, 20))
+    load = sched.load()
+    assert (load.num_waiting, load.num_running, load.num_waiting_tokens) == (3, 0, 19)
+    plan = sched.schedule()
+    sched.update(plan, worker.execute(plan))
+    load = sched.load()
+    assert (load.num_waiting, load.num_running, load.num_waiting_tokens) == (1, 2, 5)
+    assert load.total_blocks == 8 and load.free_blocks == 4 and load.cached_blocks == 0
+    for _ in range(12):
+        sched.update(plan := sched.schedule(), worker.execute(plan))
+        sched.check_invariants()
+    load = sched.load()
+    assert load.num_preemptions >= 1 and load.num_preempted >= 1 and load.num_running <= 2
+    run_to_completion(sched, worker)
+    assert_all_blocks_free(sched)

@@ -148,6 +148,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert len(ids) == len(set(ids))
         assert not (plan.swap_in and plan.swap_out)
         self._check_admission_order(plan)
+        self.last_plan_did_work = not plan.is_empty()
         self.sched.record_step_time(plan, 0.001 + 0.0001 * plan.num_scheduled_tokens())
         outputs = self.sched.update(plan, self.worker.execute(plan))
         self._take(outputs)
@@ -180,10 +181,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     def teardown(self):
         if self.sched._inflight is not None:
             return  # a rule already failed mid-step; draining would only hide its error
+        idle_plans = 0
         for _ in range(3000):
-            if not self.sched.has_work():
+            if not self.sched.has_work() or idle_plans > 50:
                 break
             self.step()
+            idle_plans = 0 if self.last_plan_did_work else idle_plans + 1
         assert not self.sched.has_work(), "scheduler did not drain"
         assert_all_blocks_free(self.sched)
         for rid, spec in self.specs.items():

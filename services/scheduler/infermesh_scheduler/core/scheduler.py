@@ -489,15 +489,21 @@ class Scheduler:
         pool = self._pool
         bs = self._bs
         threshold = self.config.preemption_threshold
-        while self._swapped and budget > 0 and batch_left > 0:
+        max_running = self.config.max_batch_size
+        while self._swapped and budget > 0 and batch_left > 0 and len(self._running) < max_running:
             seq = self._swapped[0]
             remaining = seq.num_tokens - seq.num_computed_tokens
             n = 1 if remaining <= 1 else min(remaining, budget, chunk_left)
             if n <= 0:
                 break
-            total = max(len(seq.cpu_block_ids), _cdiv(seq.num_computed_tokens + n, bs))
-            if pool.num_free - total < threshold:
+            computed = seq.num_computed_tokens
+            # Its KV comes back whole, so with nothing else running it may use the reserve:
+            # a sequence that grew into the reserve before it was swapped out must fit again.
+            room = pool.num_free - (threshold if self._running else 0)
+            if max(len(seq.cpu_block_ids), _cdiv(computed + 1, bs)) > room:
                 break
+            n = min(n, room * bs - computed)  # a shorter prefill chunk if the pool is tight
+            total = max(len(seq.cpu_block_ids), _cdiv(computed + n, bs))
             device = pool.allocate(total)
             plan.swap_in.extend(
                 BlockMove(c, d)
@@ -558,8 +564,11 @@ class Scheduler:
         outstanding = 0 if cfg.enable_preemption else sum(self._future_blocks(s) for s in self._running)
         admitted = False
         for seq in ordered:
-            if budget <= 0 or batch_left <= 0:
+            # Running sequences skipped this step (no chunk budget, no block) still hold a slot.
+            if budget <= 0 or batch_left <= 0 or len(self._running) >= cfg.max_batch_size:
                 break
+            if self._swapped and seq.rank > self._swapped[0].rank:
+                break  # swapped-out work comes back before lower-ranked new work takes its blocks
             hits = self._match_prefix(seq)
             computed = len(hits) * bs
             remaining = seq.num_tokens - computed
