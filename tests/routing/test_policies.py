@@ -57,9 +57,9 @@ def test_least_load_local_account_spreads_a_burst_between_polls() -> None:
     pool = replicas(0, 0)
     policy = LeastLoadPolicy()
     for _ in range(10):
-        policy.pick(RouteRequest(), pool).dispatched_since_report += 1
+        policy.pick(RouteRequest(), pool).own_in_flight += 1
     assert [r.num_requests for r in pool] == [5, 5]
-    pool[0].finished_since_report += 5
+    pool[0].own_in_flight -= 5
     assert policy.pick(RouteRequest(), pool) is pool[0]
 
 

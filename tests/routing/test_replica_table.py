@@ -50,15 +50,18 @@ def test_serving_replicas_are_preferred_and_not_serving_ones_are_the_last_resort
     assert [r.address for r in table.candidates()] == ["a:1"]
 
 
-def test_local_account_resets_on_report_and_removed_replicas_vanish() -> None:
+def test_local_account_counts_own_requests_exactly_and_others_as_reported() -> None:
     table = ReplicaTable()
     table.sync(["a:1"])
-    table.apply_report("a:1", report(running=2))
+    table.apply_report("a:1", report(running=2))  # two requests of other frontends
     table.record_dispatch("a:1")
     table.record_dispatch("a:1")
     table.record_finish("a:1")
     assert table.load("a:1").num_requests == 3
-    table.apply_report("a:1", report(running=1, hashes=frozenset({7})))
+    # The next report sees our open request plus one other: 2 = 1 other + ours.
+    table.apply_report("a:1", report(running=2, hashes=frozenset({7})))
+    assert table.load("a:1").num_requests == 2
+    table.record_finish("a:1")
     assert table.load("a:1").num_requests == 1
     assert table.load("a:1").cached_prefix_hashes == {7}
     assert table.sync([]) == ([], ["a:1"])

@@ -1,5 +1,5 @@
 """What a frontend knows about one scheduler replica's load: its last GetLoad report plus the
-requests this frontend sent and finished since then."""
+requests this frontend has open on it."""
 
 from __future__ import annotations
 
@@ -23,17 +23,18 @@ class ReplicaLoad:
     # First-block hashes (infermesh_shared.prefix_hash) of prefixes the replica has cached.
     cached_prefix_hashes: frozenset[int] = field(default_factory=frozenset)
     prefix_cache_hits: int = 0
-    # Local account between two reports (Llumnix's "instance status local account"): requests
-    # sent and finished by this frontend since the last report, so that a burst of requests
-    # between two polls does not all go to the replica that looked idlest at the last poll.
-    dispatched_since_report: int = 0
-    finished_since_report: int = 0
+    # Requests this frontend has open on the replica now (exact: counted at dispatch and end),
+    # and how many of them were open when the last report was taken. The report's count minus
+    # the latter is the other frontends' load (known only as of the report); adding our exact
+    # count keeps a burst between two polls from all going to the replica that looked idlest.
+    own_in_flight: int = 0
+    own_at_report: int = 0
 
     @property
     def num_requests(self) -> int:
-        """Estimated requests on the replica now: reported ones plus this frontend's changes since."""
+        """Estimated requests on the replica now: other frontends' as last reported, plus ours."""
         reported = self.num_waiting + self.num_running + self.num_preempted
-        return max(0, reported + self.dispatched_since_report - self.finished_since_report)
+        return max(0, reported - self.own_at_report) + self.own_in_flight
 
     @property
     def free_block_ratio(self) -> float:

@@ -100,8 +100,7 @@ class ReplicaTable:
         load.serving = report.serving
         load.cached_prefix_hashes = report.cached_prefix_hashes
         load.prefix_cache_hits = report.prefix_cache_hits
-        load.dispatched_since_report = 0
-        load.finished_since_report = 0
+        load.own_at_report = load.own_in_flight
         self._set_health(address, replica, ReplicaHealth.UP)
 
     def mark_up(self, address: str) -> None:
@@ -122,13 +121,13 @@ class ReplicaTable:
         """Counts a request this frontend just sent to `address`."""
         replica = self._replicas.get(address)
         if replica is not None:
-            replica.load.dispatched_since_report += 1
+            replica.load.own_in_flight += 1
 
     def record_finish(self, address: str) -> None:
         """Counts a request to `address` that just ended (any way)."""
         replica = self._replicas.get(address)
         if replica is not None:
-            replica.load.finished_since_report += 1
+            replica.load.own_in_flight = max(0, replica.load.own_in_flight - 1)
 
     def candidates(self, exclude: Iterable[str] = ()) -> list[ReplicaLoad]:
         """Replicas to route to, sorted by address: those up and serving; when none serves, those
