@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
+from infermesh_shared.telemetry import activate_span
 
 from infermesh_scheduler.core.errors import InvalidRequestError, QueueFullError
 from infermesh_scheduler.core.request import AdmissionError, RequestOutput, RequestSpec
@@ -21,6 +22,7 @@ from infermesh_scheduler.core.scheduler import Scheduler
 from infermesh_scheduler.core.step_plan import StepPlan
 from infermesh_scheduler.plan_codec import plan_to_proto, tokens_from_proto
 from infermesh_scheduler.request_stream import RequestStream
+from infermesh_scheduler.request_telemetry import SchedulerTelemetry
 from infermesh_scheduler.submit_validation import SubmitRejected
 from infermesh_scheduler.worker_group import GroupState, WorkerGroup, WorkerGroupFailure
 
@@ -60,8 +62,11 @@ class EngineLoop:
         group: WorkerGroup,
         scheduler_factory: Callable[[int, int], Scheduler],
         on_load_change: Callable[[], None],
+        telemetry: SchedulerTelemetry | None = None,
     ) -> None:
         self._settings = settings
+        # None when tracing and metrics are both off: the step loop then does no telemetry work.
+        self._telemetry = telemetry
         self._group = group
         self._scheduler_factory = scheduler_factory
         self._on_load_change = on_load_change
@@ -150,7 +155,8 @@ class EngineLoop:
             if isinstance(err, InvalidRequestError):
                 raise SubmitRejected(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
             raise
-        # Observability hook: request queued (span event "queued").
+        if self._telemetry is not None:
+            self._telemetry.request_queued(spec)
         self._route(outputs)
         self._wake.set()
         self._on_load_change()
@@ -217,6 +223,9 @@ class EngineLoop:
         self._on_load_change()
 
     def _route(self, outputs: Iterable[RequestOutput]) -> None:
+        if self._telemetry is not None:
+            outputs = list(outputs)
+            self._telemetry.outputs_routed(outputs)
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is None:
@@ -228,7 +237,6 @@ class EngineLoop:
                 stream.push(output)
             if stream.closed:
                 del self._streams[output.request_id]
-                # Observability hook: request finished (end of the request span).
 
     def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
         for request_id in list(self._streams):
@@ -300,11 +308,16 @@ class EngineLoop:
         await self._step(scheduler, plan)
 
     async def _step(self, scheduler: Scheduler, plan: StepPlan) -> None:
-        # Observability hook: one span per engine step; Execute calls are its children.
+        telemetry = self._telemetry
+        # The step's span (None unless traced) is current around Execute: worker spans are its children.
+        step_span = telemetry.step_started(scheduler, plan) if telemetry is not None else None
         started = time.perf_counter()
         try:
-            sampled = tokens_from_proto(await self._group.execute(plan_to_proto(plan)))
+            with activate_span(step_span):
+                sampled = tokens_from_proto(await self._group.execute(plan_to_proto(plan)))
         except WorkerGroupFailure as failure:
+            if telemetry is not None:
+                telemetry.step_ended(step_span, time.perf_counter() - started, str(failure))
             logger.warning("step %d not run: %s", plan.step_id, failure)
             scheduler.reset_worker_state()
             self._resets_seen = self._group.failures
@@ -322,6 +335,8 @@ class EngineLoop:
         self._failed_steps_in_a_row = 0
         outputs = scheduler.update(plan, sampled)
         scheduler.record_step_time(plan, time.perf_counter() - started)
+        if telemetry is not None:
+            telemetry.step_ended(step_span, time.perf_counter() - started)
         self._route(outputs)
         if self._room_waiters and scheduler.has_queue_room():
             self._signal_room()

@@ -14,12 +14,13 @@ from infermesh_shared.config.model_metadata import ModelMetadata
 from infermesh_shared.discovery.advertised_address import advertised_address
 from infermesh_shared.discovery.redis_registration import RedisRegistration
 from infermesh_shared.grpc_server import add_health_and_reflection
-from infermesh_shared.telemetry import aio_server_interceptors
+from infermesh_shared.telemetry import aio_server_interceptors, create_registry, start_metrics_server
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
 from infermesh_scheduler.core.scheduler import Scheduler
 from infermesh_scheduler.engine_loop import EngineLoop, EngineSettings
 from infermesh_scheduler.model_info import build_model_info, resolve_max_model_len
+from infermesh_scheduler.request_telemetry import build_scheduler_telemetry
 from infermesh_scheduler.servicer import SchedulerServicer
 from infermesh_scheduler.serving_health import ServingHealth
 from infermesh_scheduler.submit_validation import ModelLimits
@@ -73,9 +74,6 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         max_model_len = resolve_max_model_len(cfg.max_model_len, metadata)
     except ValueError as err:
         raise StartupError(str(err)) from None
-    if cfg.metrics_port:
-        # Refused rather than ignored until the scheduler's /metrics endpoint is wired in.
-        raise StartupError("metrics_port: the scheduler has no /metrics endpoint yet; leave it at 0")
     if cfg.num_workers < cfg.tp_size * cfg.pp_size:
         raise StartupError(
             f"num_workers ({cfg.num_workers}) must be >= tp_size * pp_size ({cfg.tp_size * cfg.pp_size})"
@@ -96,6 +94,8 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         interceptors=aio_server_interceptors(),
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
+    registry = create_registry() if cfg.metrics_port else None
+    telemetry = build_scheduler_telemetry(registry, lambda: engine.scheduler)
 
     def num_waiting() -> int:
         scheduler = engine.scheduler
@@ -112,6 +112,7 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         group,
         build_scheduler,
         on_load_change=health.refresh,
+        telemetry=telemetry,
     )
     model_info = build_model_info(
         cfg.model_path,
@@ -131,6 +132,7 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
             ModelLimits(metadata.vocab_size, max_model_len),
             cfg.default_priority,
             model_info,
+            telemetry,
         ),
         server,
     )
@@ -142,6 +144,13 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
             raise StartupError(str(err)) from None
         _listen(server, worker_address, f"worker_endpoint {cfg.worker_endpoint}")
         logger.info("workers may also register on %s", worker_address)
+    metrics_server = None
+    if registry is not None:
+        try:
+            metrics_server = start_metrics_server(cfg.metrics_port, registry, cfg.host)
+        except OSError as err:
+            raise StartupError(f"cannot serve /metrics on {cfg.host}:{cfg.metrics_port}: {err}") from None
+        logger.info("metrics at %s", metrics_server.url)
     await server.start()
     group.start()
     engine.start()
@@ -187,3 +196,5 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         await engine.stop()
         await server.stop(_SHUTDOWN_GRACE_S)
         await group.stop()
+        if metrics_server is not None:
+            metrics_server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -13,6 +14,7 @@ from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from infermesh_scheduler.engine_loop import EngineLoop
 from infermesh_scheduler.request_codec import response_from_output, spec_from_submit
 from infermesh_scheduler.request_stream import StreamError
+from infermesh_scheduler.request_telemetry import SchedulerTelemetry
 from infermesh_scheduler.serving_health import ServingHealth
 from infermesh_scheduler.submit_validation import ModelLimits, SubmitRejected, validate_submit
 from infermesh_scheduler.worker_group import GroupFull, WorkerGroup
@@ -39,7 +41,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         limits: ModelLimits,
         default_priority: int,
         model_info: common_pb2.ModelInfo,
+        telemetry: SchedulerTelemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry
         self._engine = engine
         self._group = group
         self._health = health
@@ -64,20 +68,30 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             logger.info(
                 "request %s refused: %s: %s", request.request_id, rejected.code.name, rejected.message
             )
+            if self._telemetry is not None:
+                self._telemetry.request_rejected(rejected.code)
             await context.abort(rejected.code, rejected.message)
             return
+        end = (grpc.StatusCode.UNKNOWN, "the Submit handler failed")  # how the stream ended, for telemetry
         try:
             while True:
                 item = await stream.get()
                 if isinstance(item, StreamError):
+                    end = (item.code, item.message)
                     await context.abort(item.code, item.message)
                     return
                 response = response_from_output(item)
                 if response is not None:
                     yield response
                 if item.usage is not None:
+                    end = (grpc.StatusCode.OK, "")
                     return
+        except (asyncio.CancelledError, GeneratorExit):
+            end = (grpc.StatusCode.CANCELLED, "the client went away")
+            raise
         finally:
+            if self._telemetry is not None:
+                self._telemetry.request_ended(request.request_id, *end)
             if not stream.closed:
                 # The client went away (cancelled RPC): free the request's blocks now.
                 logger.info("request %s: client went away, aborting", request.request_id)

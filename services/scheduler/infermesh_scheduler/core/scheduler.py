@@ -79,6 +79,8 @@ class Scheduler:
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
         self.num_preemptions = 0
+        # Requests whose sequences the latest schedule() preempted (read by tracing).
+        self.preempted_request_ids: list[str] = []
 
     # ------------------------------------------------------------------ admission
     def add_request(self, spec: RequestSpec) -> list[RequestOutput]:
@@ -300,6 +302,7 @@ class Scheduler:
         bs = self._bs
         pool = self._pool
         self._step_id += 1
+        self.preempted_request_ids = []
         plan = StepPlan(step_id=self._step_id, finished_seq_ids=self._pending_finished)
         self._pending_finished = []
         scheduled: list[Sequence] = []
@@ -442,6 +445,7 @@ class Scheduler:
         """Take seq off the device: by swap when enabled and CPU blocks suffice, else by recompute."""
         self._running.remove(seq)
         self.num_preemptions += 1
+        self.preempted_request_ids.append(seq.request.spec.request_id)
         pool = self._pool
         can_swap = (
             self.config.enable_swap
@@ -765,6 +769,10 @@ class Scheduler:
         self._cpu.reset()
         self._pending_finished = []
         self._inflight = None
+
+    def inflight_request_ids(self) -> list[str]:
+        """Requests the step in flight serves (between schedule() and update()), one per sequence."""
+        return [seq.request.spec.request_id for seq in self._inflight or ()]
 
     def record_step_time(self, plan: StepPlan, seconds: float) -> None:
         """Feed the step-time model (dynamic chunking, edf/lrs estimates) with a measured step."""
