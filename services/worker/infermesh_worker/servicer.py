@@ -9,7 +9,8 @@ from typing import Any
 
 import grpc
 from infermesh.v1 import worker_pb2, worker_pb2_grpc
-from infermesh_shared.telemetry import WorkerMetrics
+from infermesh_shared.telemetry import WorkerMetrics, semconv, tracing_enabled
+from opentelemetry import trace
 
 from infermesh_worker.errors import WorkerError
 from infermesh_worker.model_runner import LoadSpec, ModelRunner
@@ -98,6 +99,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 s.num_scheduled_tokens for s in plan.running_sequences
             )
             self.metrics.step_tokens.inc(computed)
+        if tracing_enabled():
+            # The interceptor's Execute server span is current: it is the engine step's child.
+            plan = request.plan
+            trace.get_current_span().set_attributes(
+                {
+                    semconv.STEP_ID: plan.step_id,
+                    semconv.STEP_BATCH_SIZE: len(plan.new_sequences) + len(plan.running_sequences),
+                    semconv.STEP_COMPUTE_TIME_US: result.compute_time_us,
+                }
+            )
         return worker_pb2.ExecuteResponse(
             step_id=result.step_id,
             tokens=[
