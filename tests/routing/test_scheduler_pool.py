@@ -183,3 +183,17 @@ def test_pool_stops_polling_when_closed(loop, replicas) -> None:
     calls = replicas.fakes[a].load_calls
     loop.run(asyncio.sleep(0.2))
     assert replicas.fakes[a].load_calls == calls
+
+
+def test_dns_discovery_finds_the_replica_behind_a_name(loop, replicas) -> None:
+    a = replicas.start()
+    port = a.rsplit(":", 1)[1]
+    pool = make_pool(
+        loop, policy="round_robin", discovery=make_discovery("dns", dns_name=f"localhost:{port}")
+    )
+    try:
+        # localhost may also resolve to ::1, where nothing listens: that record stays out of routing.
+        assert a in pool.addresses
+        assert {pick(loop, pool) for _ in range(3)} == {a}
+    finally:
+        loop.run(pool.close())
