@@ -168,6 +168,14 @@ class SchedulerMachine(RuleBasedStateMachine):
                 if self.specs[earlier].priority_class == cls and earlier in self.live:
                     assert earlier in self.started, f"{rid} started before earlier {earlier}"
 
+    @rule(now_wall=st.floats(5000.0, 5012.0))
+    def expire(self, now_wall):
+        outputs = self.sched.expire_deadlines(now_wall)
+        for out in outputs:
+            assert out.error.code == "DEADLINE_EXCEEDED" and out.finish_reason is FinishReason.ABORT
+            assert self.specs[out.request_id].deadline < now_wall
+        self._take(outputs)
+
     @precondition(lambda self: self.next_id % 7 == 3)
     @rule()
     def worker_restart(self):
