@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import grpc
 from infermesh.v1 import common_pb2, scheduler_pb2
+from infermesh_shared.telemetry import activate_span
 
 from infermesh_frontend.completion_output import CompletionDelta, CompletionOutput
 from infermesh_frontend.request_error import RequestError
+from infermesh_frontend.request_tracing import RequestTrace
 from infermesh_frontend.scheduler_pool import (
     NoSchedulerError,
     RequestContext,
@@ -50,10 +52,15 @@ class Generation:
     """
 
     def __init__(
-        self, pool: SchedulerPool, request: PreparedRequest, decode: Callable[[list[int]], str]
+        self,
+        pool: SchedulerPool,
+        request: PreparedRequest,
+        decode: Callable[[list[int]], str],
+        request_trace: RequestTrace | None = None,
     ) -> None:
         self._pool = pool
         self._request = request
+        self._trace = request_trace or RequestTrace(stream=False, enabled=False)
         prompt = list(request.submit.prompt_token_ids)
         self.outputs = [
             CompletionOutput(index, decode, prompt, request.stop_strings)
@@ -117,10 +124,14 @@ class Generation:
         replica dies or stops answering (then from the tokens already streamed)."""
         timeout_ms = self._request.timeout_ms
         timeout_s = timeout_ms / 1000 + DEADLINE_GRACE_S if timeout_ms else None
-        call = replica.stub.Submit(self._request.submit, timeout=timeout_s)
+        # Created with the stream span current, so the scheduler's spans join this request's trace.
+        stream_span = self._trace.start_stream(replica.address)
+        with activate_span(stream_span):
+            call = replica.stub.Submit(self._request.submit, timeout=timeout_s)
         watchdog = _StallWatchdog(call, replica, self._pool)
         scheduler_done = False
         received = False
+        failure: grpc.StatusCode | None = None
         try:
             async for response in call:
                 watchdog.heard()
@@ -147,6 +158,7 @@ class Generation:
                     delta.usage = self.usage()
                 yield delta
         except (asyncio.CancelledError, grpc.aio.AioRpcError) as error:
+            failure = _stream_failure(error, watchdog.stalled)
             if not watchdog.stalled:
                 if isinstance(error, asyncio.CancelledError):
                     raise  # our own task is being cancelled (the client went away)
@@ -165,6 +177,7 @@ class Generation:
             logger.warning("%s: request %s goes on at another replica", reason, self.request_id)
             yield None
         finally:
+            RequestTrace.end_stream(stream_span, failure)
             watchdog.cancel()
             self._pool.release(replica)
             if not scheduler_done:
@@ -235,7 +248,9 @@ class Generation:
                 grpc.StatusCode.INTERNAL,
                 f"scheduler sent completion index {response.index} for a request with n={len(self.outputs)}",
             )
-        return self.outputs[response.index].add(response.token_ids, response.logprobs, response.finish_reason)
+        output = self.outputs[response.index]
+        with self._trace.detokenizing():
+            return output.add(response.token_ids, response.logprobs, response.finish_reason)
 
 
 class _StallWatchdog:
@@ -271,3 +286,10 @@ class _StallWatchdog:
             self._call.cancel()
             return
         self._handle = self._loop.call_later(max(timeout_s - silent_s, timeout_s / 4), self._check)
+
+
+def _stream_failure(error: BaseException, stalled: bool) -> grpc.StatusCode:
+    """How one replica's stream failed, for its trace span."""
+    if stalled:
+        return grpc.StatusCode.UNAVAILABLE
+    return error.code() if isinstance(error, grpc.aio.AioRpcError) else grpc.StatusCode.CANCELLED

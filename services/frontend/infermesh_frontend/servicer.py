@@ -18,6 +18,7 @@ from infermesh_frontend.generation import Generation, PreparedRequest
 from infermesh_frontend.generation_metrics import GenerationTimer
 from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.request_error import RequestError
+from infermesh_frontend.request_tracing import RequestTrace
 from infermesh_frontend.sampling_params import InvalidRequestError, SamplingLimits, resolve_sampling_params
 from infermesh_frontend.scheduler_pool import RequestContext, SchedulerPool
 from infermesh_frontend.tokenizer import FrontendTokenizer
@@ -48,8 +49,11 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
         self._metrics = metrics
         self._failover_max_attempts = failover_max_attempts
 
-    async def _prepare(self, request_input: frontend_pb2.GenerateInput) -> PreparedRequest:
+    async def _prepare(
+        self, request_input: frontend_pb2.GenerateInput, request_trace: RequestTrace | None = None
+    ) -> PreparedRequest:
         """Validates `request_input` and turns it into a SubmitRequest; raises RequestError."""
+        request_trace = request_trace or RequestTrace(stream=False, enabled=False)
         request_id = request_input.request_id or uuid.uuid4().hex
         prompt_kind = request_input.WhichOneof("prompt")
         if prompt_kind == "text":
@@ -57,7 +61,8 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
                 raise RequestError(
                     grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty: give non-empty text"
                 )
-            prompt_ids = self._tokenizer.encode(request_input.text, add_special_tokens=True)
+            with request_trace.tokenize():
+                prompt_ids = self._tokenizer.encode(request_input.text, add_special_tokens=True)
         elif prompt_kind == "token_ids":
             prompt_ids = list(request_input.token_ids.ids)
         else:
@@ -91,24 +96,37 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
             submit, list(request_input.sampling.stop), context, timeout_ms, self._failover_max_attempts
         )
 
-    async def _run(self, request_input: frontend_pb2.GenerateInput) -> AsyncIterator[CompletionDelta]:
-        """Prepares, runs and times one request; yields its deltas; raises RequestError."""
+    async def _run(
+        self, request_input: frontend_pb2.GenerateInput, stream: bool = False
+    ) -> AsyncIterator[CompletionDelta]:
+        """Prepares, runs, times and traces one request; yields its deltas; raises RequestError."""
         timer = GenerationTimer(self._metrics)
+        # Started here, inside the RPC's server span, which becomes its parent.
+        request_trace = RequestTrace(stream)
         try:
-            prepared = await self._prepare(request_input)
-            generation = Generation(self._pool, prepared, self._tokenizer.decode)
+            prepared = await self._prepare(request_input, request_trace)
+            request_trace.prepared(prepared.submit)
+            generation = Generation(self._pool, prepared, self._tokenizer.decode, request_trace)
             async with contextlib.aclosing(generation.stream()) as deltas:
                 async for delta in deltas:
                     timer.tokens_arrived(len(delta.token_ids))
+                    request_trace.tokens_received(len(delta.token_ids))
                     if delta.usage is not None:
                         timer.finished(delta.usage)
+                        reasons = [output.finish_reason for output in generation.outputs]
+                        request_trace.end(grpc.StatusCode.OK, usage=delta.usage, finish_reasons=reasons)
                     yield delta
         except RequestError as error:
             timer.failed(error.code)
+            request_trace.end(error.code, error.message)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             timer.failed(grpc.StatusCode.CANCELLED)
+            request_trace.end(grpc.StatusCode.CANCELLED, "the client went away")
             raise
+        finally:
+            # A no-op once ended above; else the generator failed in a way not caught here.
+            request_trace.end(grpc.StatusCode.UNKNOWN, "the request ended without a result")
 
     async def Generate(
         self, request: frontend_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -141,7 +159,7 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
         self, request: frontend_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[frontend_pb2.GenerateStreamResponse]:
         try:
-            async with contextlib.aclosing(self._run(request.input)) as deltas:
+            async with contextlib.aclosing(self._run(request.input, stream=True)) as deltas:
                 async for delta in deltas:
                     yield _stream_message(delta)
         except RequestError as error:

@@ -1,0 +1,255 @@
+"""Tracing and metrics across frontend, scheduler and worker running as separate processes.
+
+The three services export spans over OTLP/gRPC to an in-test collector and serve /metrics;
+the tests follow one request through every hop and count requests at both request-facing
+services.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from infermesh.v1 import common_pb2, frontend_pb2, scheduler_pb2
+from infermesh_shared.telemetry import semconv as sc
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.harness import (
+    build_served_model,
+    frontend_stub,
+    generate_request,
+    scheduler_stub,
+    start_cluster,
+    wait_all_blocks_free,
+)
+from tests.telemetry.otlp_collector import CollectedSpan, OtlpCollector, SpanTree
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+FRONTEND, SCHEDULER, WORKER = "infermesh-frontend", "infermesh-scheduler", "infermesh-worker"
+SERVER_KIND = 2
+
+
+def _free_port() -> int:
+    # The config's metrics_port 0 means "off", so tests pick a free port themselves.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class TracedCluster:
+    cluster: object
+    collector: OtlpCollector
+    frontend_metrics: str
+    scheduler_metrics: str
+    worker_metrics: str
+
+
+@pytest.fixture(scope="module")
+def traced_cluster(tmp_path_factory) -> Iterator[TracedCluster]:
+    collector = OtlpCollector()
+    model_dir = build_served_model("llama", tmp_path_factory.mktemp("traced-model"))
+    ports = [_free_port() for _ in range(3)]
+
+    def observability(port: int) -> list[str]:
+        return [
+            "--tracing-exporter", "otlp_grpc", "--otlp-endpoint", collector.endpoint,
+            "--tracing-sample-ratio", "1.0", "--metrics-port", str(port), "--log-format", "json",
+        ]  # fmt: skip
+
+    cluster = None
+    try:
+        cluster = start_cluster(
+            model_dir,
+            tmp_path_factory.mktemp("traced-logs"),
+            scheduler_args=["--dtype", "fp32", "--total-blocks", "256", *observability(ports[1])],
+            worker_args=observability(ports[2]),
+            frontend_args=observability(ports[0]),
+        )
+        yield TracedCluster(cluster, collector, *(f"http://127.0.0.1:{p}/metrics" for p in ports))
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        collector.stop()
+
+
+def _generate(
+    cluster: TracedCluster, request_id: str, max_tokens: int = 4, metadata=()
+) -> frontend_pb2.GenerateResponse:
+    request = generate_request(text="Hello tracing", temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    request.request_id = request_id
+    stub = frontend_stub(cluster.cluster.frontend_address)
+    return stub.Generate(frontend_pb2.GenerateRequest(input=request), timeout=60, metadata=metadata)
+
+
+def _request_trace(collector: OtlpCollector, request_id: str, min_worker_spans: int) -> SpanTree:
+    """Waits until the trace of `request_id` holds its spans from all three services."""
+
+    def complete(spans: list[CollectedSpan]) -> bool:
+        front = [
+            s
+            for s in spans
+            if s.name == sc.SPAN_FRONTEND_REQUEST and s.attributes.get(sc.REQUEST_ID) == request_id
+        ]
+        if not front:
+            return False
+        mine = [s for s in spans if s.trace_id == front[0].trace_id]
+        return (
+            sum(s.service_name == WORKER for s in mine) >= min_worker_spans
+            and any(s.name == sc.SPAN_SCHEDULER_REQUEST for s in mine)
+            and any(s.name == "infermesh.v1.FrontendService/Generate" for s in mine)
+        )
+
+    spans = collector.wait_for(complete, timeout_s=30)
+    front = next(
+        s
+        for s in spans
+        if s.name == sc.SPAN_FRONTEND_REQUEST and s.attributes.get(sc.REQUEST_ID) == request_id
+    )
+    return collector.tree(front.trace_id)
+
+
+def _one(tree: SpanTree, name: str) -> CollectedSpan:
+    spans = tree.named(name)
+    assert len(spans) == 1, f"expected one {name} span, got {[s.name for s in tree.spans]}"
+    return spans[0]
+
+
+def test_one_generate_is_one_trace_across_all_services(traced_cluster: TracedCluster) -> None:
+    max_tokens = 4
+    response = _generate(traced_cluster, "trace-me", max_tokens)
+    assert len(response.completions[0].token_ids) == max_tokens
+    # A prefill step and max_tokens - 1 decode steps, each with its worker Execute.
+    tree = _request_trace(traced_cluster.collector, "trace-me", min_worker_spans=max_tokens)
+    assert tree.services() == {FRONTEND, SCHEDULER, WORKER}
+
+    (root,) = tree.roots()
+    assert (root.name, root.service_name, root.kind) == (
+        "infermesh.v1.FrontendService/Generate",
+        FRONTEND,
+        SERVER_KIND,
+    )
+    assert root.parent_span_id == ""
+    front = _one(tree, sc.SPAN_FRONTEND_REQUEST)
+    assert tree.parent_of(front) is root
+    assert front.attributes[sc.GEN_AI_REQUEST_MAX_TOKENS] == max_tokens
+    assert front.attributes[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == max_tokens
+    assert front.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ["length"]
+    assert "route" in front.event_names() and "first_token" in front.event_names()
+    assert tree.parent_of(_one(tree, sc.SPAN_TOKENIZE)) is front
+    stream = _one(tree, sc.SPAN_STREAM)
+    assert tree.parent_of(stream) is front
+
+    submit = _one(tree, "infermesh.v1.SchedulerService/Submit")
+    assert (submit.service_name, tree.parent_of(submit)) == (SCHEDULER, stream)
+    request = _one(tree, sc.SPAN_SCHEDULER_REQUEST)
+    assert tree.parent_of(request) is submit
+    assert request.attributes[sc.REQUEST_ID] == "trace-me"
+    assert request.attributes[sc.GEN_AI_USAGE_INPUT_TOKENS] == response.usage.prompt_tokens
+    assert request.attributes[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == max_tokens
+    assert request.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ["length"]
+    assert request.attributes[sc.REQUEST_PRIORITY] == 0
+    assert request.attributes[sc.QUEUE_TIME_MS] >= 0
+    assert request.attributes[sc.TTFT_MS] >= request.attributes[sc.QUEUE_TIME_MS]
+    assert request.event_names() == ["queued", "scheduled", "first_token", "finished"]
+
+    steps = sorted(tree.named(sc.SPAN_ENGINE_STEP), key=lambda s: s.attributes[sc.STEP_ID])
+    assert len(steps) >= max_tokens
+    for step in steps:
+        assert tree.parent_of(step) is request
+        assert (request.trace_id, request.span_id) in step.links
+        executes = tree.children_of(step)
+        assert [(s.name, s.service_name, s.kind) for s in executes] == [
+            ("infermesh.v1.WorkerService/Execute", WORKER, SERVER_KIND)
+        ]
+    prompt_len = response.usage.prompt_tokens
+    assert sum(s.attributes[sc.STEP_PREFILL_TOKENS] for s in steps) == prompt_len
+    assert sum(s.attributes[sc.STEP_DECODE_TOKENS] for s in steps) == max_tokens - 1
+    assert all(s.attributes[sc.STEP_BATCH_SIZE] == 1 for s in steps)
+
+
+def test_client_traceparent_is_continued_through_every_service(traced_cluster: TracedCluster) -> None:
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    metadata = (("traceparent", f"00-{trace_id}-{parent_id}-01"),)
+    request = generate_request(text="Stream me", temperature=0.0, max_tokens=3, ignore_eos=True)
+    request.request_id = "client-traced"
+    stub = frontend_stub(traced_cluster.cluster.frontend_address)
+    chunks = list(
+        stub.GenerateStream(frontend_pb2.GenerateStreamRequest(input=request), timeout=60, metadata=metadata)
+    )
+    assert sum(len(c.token_ids) for c in chunks) == 3
+
+    collector = traced_cluster.collector
+    collector.wait_for(
+        lambda spans: (
+            {s.service_name for s in spans if s.trace_id == trace_id} == {FRONTEND, SCHEDULER, WORKER}
+            and any(s.trace_id == trace_id and s.name == sc.SPAN_SCHEDULER_REQUEST for s in spans)
+        ),
+        timeout_s=30,
+    )
+    tree = collector.tree(trace_id)
+    server_span = _one(tree, "infermesh.v1.FrontendService/GenerateStream")
+    assert server_span.parent_span_id == parent_id
+    assert _one(tree, sc.SPAN_FRONTEND_REQUEST).attributes[sc.GEN_AI_REQUEST_STREAM] is True
+    assert _one(tree, sc.SPAN_SCHEDULER_REQUEST).attributes[sc.REQUEST_ID] == "client-traced"
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _delta(after: dict, before: dict, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_count_every_request_and_rejection(traced_cluster: TracedCluster) -> None:
+    wait_all_blocks_free(traced_cluster.cluster.scheduler_address)
+    front_before = _scrape(traced_cluster.frontend_metrics)
+    sched_before = _scrape(traced_cluster.scheduler_metrics)
+    worker_before = _scrape(traced_cluster.worker_metrics)
+    n = 3
+    for i in range(n):
+        _generate(traced_cluster, f"counted-{i}", max_tokens=3)
+    # Refused at the frontend (empty prompt) and at the scheduler (token id beyond the vocabulary).
+    stub = frontend_stub(traced_cluster.cluster.frontend_address)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Generate(frontend_pb2.GenerateRequest(input=generate_request(text="", max_tokens=2)), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    submit = scheduler_pb2.SubmitRequest(
+        request_id="bad-token",
+        prompt_token_ids=[10**6],
+        sampling=common_pb2.SamplingParams(max_tokens=2, n=1),
+    )
+    with pytest.raises(grpc.RpcError) as bad:
+        list(scheduler_stub(traced_cluster.cluster.scheduler_address).Submit(submit, timeout=30))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    wait_all_blocks_free(traced_cluster.cluster.scheduler_address)
+
+    front = _scrape(traced_cluster.frontend_metrics)
+    sched = _scrape(traced_cluster.scheduler_metrics)
+    worker = _scrape(traced_cluster.worker_metrics)
+    for after, before in ((front, front_before), (sched, sched_before)):
+        assert _delta(after, before, "infermesh_requests_total", status="ok") == n
+        assert _delta(after, before, "infermesh_time_to_first_token_seconds_count") == n
+        assert _delta(after, before, "infermesh_e2e_request_latency_seconds_count") == n
+        assert _delta(after, before, "infermesh_generation_tokens_total") == 3 * n
+        # Two gaps between three tokens per request.
+        assert _delta(after, before, "infermesh_inter_token_latency_seconds_count") == 2 * n
+        assert _delta(after, before, "infermesh_requests_total", status="invalid_argument") == 1
+    assert _delta(sched, sched_before, "infermesh_queue_time_seconds_count") == n
+    assert sched[("infermesh_requests_running", ())] == 0
+    assert sched[("infermesh_kv_cache_usage_ratio", ())] == 0
+    assert _delta(worker, worker_before, "infermesh_worker_step_seconds_count") >= 3 * n
