@@ -4,6 +4,8 @@ replica killed mid-stream loses no stream and changes no token (its requests fai
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -206,3 +208,37 @@ def test_no_replica_left_is_unavailable_with_a_clear_message(cluster, tmp_path) 
     finally:
         lonely.stop()
     assert generate(frontend, greedy(prompt(2), 2))
+
+
+def test_streams_leave_a_replica_that_stops_answering(cluster) -> None:
+    frontends = [cluster.start_frontend("round_robin") for _ in range(2)]
+    requests = [greedy(prompt(700 + i), 40) for i in range(8)]
+    progress = [0] * 8
+    with ThreadPoolExecutor(8) as pool:
+        reference = list(
+            pool.map(lambda i: stream_tokens(frontends[i % 2], requests[i], progress, i), range(8))
+        )
+
+    progress = [0] * 8
+    frozen = cluster.replicas["b"].scheduler.process
+    at_stop: dict[str, list[int]] = {}
+
+    def freeze_when_streaming() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(1 for p in progress if p >= 3) < 4:
+            time.sleep(0.005)
+        at_stop["progress"] = list(progress)
+        os.kill(frozen.pid, signal.SIGSTOP)
+
+    try:
+        with ThreadPoolExecutor(9) as pool:
+            freezer = pool.submit(freeze_when_streaming)
+            futures = [
+                pool.submit(stream_tokens, frontends[i % 2], requests[i], progress, i) for i in range(8)
+            ]
+            outputs = [future.result() for future in futures]
+            freezer.result()
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    assert any(0 < p < 40 for p in at_stop["progress"])
+    assert outputs == reference
