@@ -118,7 +118,6 @@ def test_prefix_aware_keeps_a_shared_prefix_on_one_replica(cluster) -> None:
 
 def test_session_requests_stick_to_one_replica(cluster) -> None:
     frontends = [cluster.start_frontend("session") for _ in range(2)]
-    homes = set()
     for session in range(4):
         before = queries(cluster)
         for turn in range(5):
@@ -127,9 +126,6 @@ def test_session_requests_stick_to_one_replica(cluster) -> None:
             )
         grew = {name for name, count in queries(cluster).items() if count > before[name]}
         assert len(grew) == 1, f"session-{session} reached {grew}"
-        homes |= grew
-    # Sessions hash over both replicas (4 sessions on one replica would be a 1-in-8 fluke).
-    assert homes <= {"a", "b"}
 
 
 def stream_tokens(
