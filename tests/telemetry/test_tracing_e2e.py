@@ -7,8 +7,10 @@ services.
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -253,3 +255,27 @@ def test_metrics_count_every_request_and_rejection(traced_cluster: TracedCluster
     assert sched[("infermesh_requests_running", ())] == 0
     assert sched[("infermesh_kv_cache_usage_ratio", ())] == 0
     assert _delta(worker, worker_before, "infermesh_worker_step_seconds_count") >= 3 * n
+
+
+def test_service_logs_carry_the_trace_id(traced_cluster: TracedCluster) -> None:
+    submit = scheduler_pb2.SubmitRequest(
+        request_id="logged-refusal",
+        prompt_token_ids=[],
+        sampling=common_pb2.SamplingParams(max_tokens=2, n=1),
+    )
+    with pytest.raises(grpc.RpcError):
+        list(scheduler_stub(traced_cluster.cluster.scheduler_address).Submit(submit, timeout=30))
+    # The scheduler logs the refusal (JSON lines: --log-format json) inside the Submit handler.
+    log_path = traced_cluster.cluster.spec.log_dir / "scheduler.log"
+    deadline = time.monotonic() + 10
+    refusals: list[dict] = []
+    while not refusals and time.monotonic() < deadline:
+        time.sleep(0.1)
+        lines = [line for line in log_path.read_text().splitlines() if line.startswith("{")]
+        refusals = [entry for entry in map(json.loads, lines) if "logged-refusal" in entry["message"]]
+    (entry,) = refusals
+    assert (entry["service"], entry["level"]) == (SCHEDULER, "INFO")
+    assert len(entry["trace_id"]) == 32 and len(entry["span_id"]) == 16
+    span = traced_cluster.collector.wait_for_span(lambda s: s.span_id == entry["span_id"], timeout_s=30)
+    assert (span.name, span.trace_id) == ("infermesh.v1.SchedulerService/Submit", entry["trace_id"])
+    assert span.attributes[sc.RPC_GRPC_STATUS_CODE] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
