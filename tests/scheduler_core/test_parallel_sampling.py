@@ -55,3 +55,22 @@ def test_abort_before_fork_ends_every_completion():
     outs = sched.abort_request("p")
     assert sorted(o.index for o in outs) == [0, 1, 2] and outs[-1].usage is not None
     sched.check_invariants()
+
+
+def test_seeded_completions_each_get_their_own_seed():
+    # The worker draws a seeded request's noise from (seed, position): equal seeds would make
+    # every completion of an n > 1 request the same.
+    import dataclasses
+
+    sched, worker = make_pair(enable_cow=True, block_size=4)
+    spec = make_spec("s", list(range(1, 8)), 3, n=3)
+    spec.sampling = dataclasses.replace(spec.sampling, seed=41, temperature=1.0)
+    sched.add_request(spec)
+    seeds = {}
+    while sched.has_work():
+        plan = sched.schedule()
+        for new in plan.new_sequences:
+            seeds[new.seq_id] = new.sampling.seed
+        sched.update(plan, worker.execute(plan))
+    assert sorted(seeds.values()) == [41, 42, 43]
+    assert_all_blocks_free(sched)

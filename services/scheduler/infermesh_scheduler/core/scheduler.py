@@ -7,6 +7,7 @@ runs schedule() -> worker -> update() in its step loop. schedule() and update() 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from infermesh_scheduler.core.request import (
     PriorityClass,
     RequestOutput,
     RequestSpec,
+    SamplingOptions,
     Usage,
 )
 from infermesh_scheduler.core.sequence import RequestState, SeqStatus, Sequence
@@ -394,7 +396,7 @@ class Scheduler:
                 NewSequence(
                     seq_id=seq.seq_id,
                     token_ids=list(seq.token_ids),
-                    sampling=seq.request.spec.sampling,
+                    sampling=_completion_sampling(seq),
                     block_ids=list(seq.block_ids),
                     num_computed_tokens=seq.num_computed_tokens,
                     num_scheduled_tokens=n,
@@ -836,3 +838,15 @@ class Scheduler:
             if s.status is not SeqStatus.FINISHED
         }
         assert live == seen, "live sequences and scheduler lists disagree"
+
+
+def _completion_sampling(seq: Sequence) -> SamplingOptions:
+    """The sampling options completion `seq.index` runs with.
+
+    The worker draws a seeded request's noise from (seed, output position), so completions 1..n-1
+    of one seeded request need seeds of their own or they would all repeat completion 0.
+    """
+    sampling = seq.request.spec.sampling
+    if seq.index == 0 or sampling.seed is None:
+        return sampling
+    return dataclasses.replace(sampling, seed=(sampling.seed + seq.index) % (1 << 64))
