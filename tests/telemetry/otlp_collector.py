@@ -31,6 +31,8 @@ class CollectedSpan:
     """One received span; ids are lowercase hex, parent_span_id is "" for a root span."""
 
     service_name: str
+    # service.instance.id: which process of that service (e.g. which worker rank) sent it.
+    service_instance_id: str
     trace_id: str
     span_id: str
     parent_span_id: str
@@ -90,12 +92,15 @@ def _attributes(kvs) -> dict[str, Any]:
 def _collected_spans(request: trace_service_pb2.ExportTraceServiceRequest) -> list[CollectedSpan]:
     received: list[CollectedSpan] = []
     for resource_spans in request.resource_spans:
-        service = str(_attributes(resource_spans.resource.attributes).get("service.name", ""))
+        resource = _attributes(resource_spans.resource.attributes)
+        service = str(resource.get("service.name", ""))
+        instance = str(resource.get("service.instance.id", ""))
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 received.append(
                     CollectedSpan(
                         service_name=service,
+                        service_instance_id=instance,
                         trace_id=span.trace_id.hex(),
                         span_id=span.span_id.hex(),
                         parent_span_id=span.parent_span_id.hex(),

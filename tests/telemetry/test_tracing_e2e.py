@@ -279,3 +279,38 @@ def test_service_logs_carry_the_trace_id(traced_cluster: TracedCluster) -> None:
     span = traced_cluster.collector.wait_for_span(lambda s: s.span_id == entry["span_id"], timeout_s=30)
     assert (span.name, span.trace_id) == ("infermesh.v1.SchedulerService/Submit", entry["trace_id"])
     assert span.attributes[sc.RPC_GRPC_STATUS_CODE] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+@pytest.mark.multiproc
+def test_every_tensor_parallel_rank_executes_as_a_child_of_the_step(tmp_path) -> None:
+    collector = OtlpCollector()
+    model_dir = build_served_model("llama", tmp_path / "model")
+    tracing = ["--tracing-exporter", "otlp_grpc", "--otlp-endpoint", collector.endpoint]
+    cluster = None
+    try:
+        cluster = start_cluster(
+            model_dir,
+            tmp_path / "logs",
+            tp_size=2,
+            scheduler_args=["--dtype", "fp32", *tracing],
+            worker_args=tracing,
+            frontend_args=tracing,
+        )
+        request = generate_request(text="two ranks", temperature=0.0, max_tokens=3, ignore_eos=True)
+        request.request_id = "tp2"
+        frontend_stub(cluster.frontend_address).Generate(
+            frontend_pb2.GenerateRequest(input=request), timeout=60
+        )
+        tree = _request_trace(collector, "tp2", min_worker_spans=2 * 3)
+        steps = tree.named(sc.SPAN_ENGINE_STEP)
+        assert len(steps) >= 3
+        for step in steps:
+            executes = tree.children_of(step)
+            assert [s.name for s in executes] == ["infermesh.v1.WorkerService/Execute"] * 2
+            # One from each worker process.
+            assert len({s.service_instance_id for s in executes}) == 2
+            assert {s.attributes[sc.STEP_ID] for s in executes} == {step.attributes[sc.STEP_ID]}
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        collector.stop()
