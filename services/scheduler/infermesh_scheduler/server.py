@@ -49,6 +49,7 @@ def group_settings(cfg: Any, max_model_len: int) -> WorkerGroupSettings:
         max_model_len=max_model_len,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
         config_overrides_json=cfg.custom_config or "",
+        enable_flash_attn=cfg.enable_flash_attn,
         dist_backend=cfg.dist_backend,
         total_blocks=cfg.total_blocks,
         enable_swap=cfg.enable_swap,

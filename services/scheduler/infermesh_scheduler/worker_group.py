@@ -81,6 +81,7 @@ class WorkerGroupSettings:
     max_model_len: int
     gpu_memory_utilization: float
     config_overrides_json: str
+    enable_flash_attn: bool
     dist_backend: str  # auto, gloo or nccl
     total_blocks: int  # 0: size the pool from the workers
     enable_swap: bool
@@ -354,6 +355,7 @@ class WorkerGroup:
             max_model_len=s.max_model_len,
             gpu_memory_utilization=s.gpu_memory_utilization,
             config_overrides_json=s.config_overrides_json,
+            enable_flash_attn=s.enable_flash_attn,
         )
 
     def _pool_size(

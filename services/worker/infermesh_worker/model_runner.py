@@ -3,14 +3,19 @@ over every scheduled token, and samples for sequences that reached the end of th
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from infermesh.v1 import worker_pb2
 from infermesh_shared.config.kv_sizing import blocks_for_budget, gpu_kv_budget_bytes
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from infermesh_worker.attention_metadata import ScheduledChunk, build_attention_metadata
 from infermesh_worker.checkpoint_reader import CheckpointReader
@@ -51,6 +56,7 @@ class LoadSpec:
     max_model_len: int = 0
     gpu_memory_utilization: float = 0.9
     config_overrides_json: str = ""
+    enable_flash_attn: bool = True
 
 
 @dataclass(slots=True)
@@ -103,6 +109,7 @@ class ModelRunner:
         self.block_bytes = 0
         self.sequences: dict[int, SequenceState] = {}
         self.broken_reason = ""
+        self._attention_backends: Callable[[], AbstractContextManager] = contextlib.nullcontext
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -117,6 +124,7 @@ class ModelRunner:
         if not Path(spec.model_path).is_dir():
             raise InvalidArgumentError(f"model_path {spec.model_path!r} is not a directory on this worker")
         config = load_model_config(spec.model_path, spec.config_overrides_json)
+        self._attention_backends = attention_backends(self.device, spec.enable_flash_attn)
         # Check the split before joining the group so every rank fails the same way, at once.
         plan_shard(config, ParallelContext(spec.tp_size, spec.tp_rank, spec.pp_size, spec.pp_rank))
         self.shutdown()
@@ -372,7 +380,8 @@ class ModelRunner:
         meta = build_attention_metadata(chunks, self.block_size, self.config.sliding_window, self.device)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        hidden = self.model(ids, pos, self.kv_cache.device_cache, meta)
+        with self._attention_backends():
+            hidden = self.model(ids, pos, self.kv_cache.device_cache, meta)
 
         token_ids = torch.zeros(len(samplers), dtype=torch.long, device=self.device)
         logprobs = torch.zeros(len(samplers), dtype=torch.float32, device=self.device)
@@ -396,3 +405,18 @@ class ModelRunner:
             if self.parallel.is_sampling_rank:
                 result.append(SampledToken(state.seq_id, token, lp if state.want_logprobs else 0.0))
         return result
+
+
+def attention_backends(device: torch.device, enable_flash_attn: bool) -> Callable[[], AbstractContextManager]:
+    """The SDPA kernels attention may use, as a context factory wrapped around each forward.
+
+    Flash kernels exist only on CUDA; on CPU the option does not apply and SDPA picks its CPU kernel.
+    """
+    if device.type != "cuda":
+        if enable_flash_attn:
+            logger.info("enable_flash_attn does not apply on %s: attention runs SDPA's CPU kernel", device)
+        return contextlib.nullcontext
+    backends = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    if enable_flash_attn:
+        backends.insert(0, SDPBackend.FLASH_ATTENTION)
+    return functools.partial(sdpa_kernel, backends)

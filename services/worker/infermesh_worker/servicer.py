@@ -64,6 +64,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             max_model_len=request.max_model_len,
             gpu_memory_utilization=request.gpu_memory_utilization or 0.9,
             config_overrides_json=request.config_overrides_json,
+            enable_flash_attn=request.enable_flash_attn,
         )
         logger.info(
             "loading %s (dtype=%s tp=%d/%d pp=%d/%d)",
