@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from infermesh.v1 import common_pb2, frontend_pb2, scheduler_pb2
+from infermesh_shared.prefix_hash import first_block_hash
 
 from tests.e2e.harness import build_served_model, frontend_stub, scheduler_stub, wait_all_blocks_free
 from tests.routing.redis_server import running_redis_server
-from tests.routing.replica_cluster import FRONTEND_HEALTH_MS, ReplicaCluster
+from tests.routing.replica_cluster import FRONTEND_HEALTH_MS, FRONTEND_POLL_MS, ReplicaCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -102,8 +103,13 @@ def test_prefix_aware_keeps_a_shared_prefix_on_one_replica(cluster) -> None:
     frontends = [cluster.start_frontend("prefix_aware") for _ in range(2)]
     shared = prompt(1000, 4 * BLOCK_SIZE)
     generate(frontends[0], greedy(shared + [7, 8, 9], 2))
-    # Let both frontends poll the replica that now reports the prefix in cached_prefix_hashes.
-    time.sleep(0.5)
+    # The replica that ran it reports the prefix's first block; give both frontends time to poll it.
+    first_block = first_block_hash(shared, BLOCK_SIZE)
+    deadline = time.monotonic() + 10
+    while not any(first_block in load(r.address).cached_prefix_hashes for r in cluster.replicas.values()):
+        assert time.monotonic() < deadline, "no replica reports the prefix as cached"
+        time.sleep(0.02)
+    time.sleep(5 * FRONTEND_POLL_MS / 1000)
     before = {name: load(r.address) for name, r in cluster.replicas.items()}
     for index in range(8):
         generate(frontends[index % 2], greedy(shared + prompt(index, 5), 2))
