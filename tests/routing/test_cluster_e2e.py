@@ -206,7 +206,8 @@ def test_no_replica_left_is_unavailable_with_a_clear_message(cluster, tmp_path) 
         with pytest.raises(grpc.RpcError) as caught:
             generate(address, greedy(prompt(1), 2))
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "scheduler" in caught.value.details()
+        assert "no scheduler replica is reachable" in caught.value.details()
+        assert "--redis-url" in caught.value.details()
     finally:
         lonely.stop()
     assert generate(frontend, greedy(prompt(2), 2))

@@ -99,7 +99,7 @@ class Generation:
                 replica = self._pool.pick(self._request.context, exclude=tried)
             except NoSchedulerError as error:
                 raise RequestError(
-                    grpc.StatusCode.UNAVAILABLE, f"{error}; start a scheduler or fix --scheduler-addresses"
+                    grpc.StatusCode.UNAVAILABLE, f"{error}; {self._pool.discovery_hint}"
                 ) from error
             tried.append(replica)
             self.replica = replica
@@ -202,7 +202,7 @@ class Generation:
                 raise RequestError(
                     code,
                     f"no scheduler replica is reachable at {', '.join(self._pool.addresses)} "
-                    f"(last error: {error.details()}); start a scheduler or fix --scheduler-addresses",
+                    f"(last error: {error.details()}); {self._pool.discovery_hint}",
                 ) from error
         elif code == grpc.StatusCode.UNAVAILABLE:
             # Mid-stream: the replica died, shut down, or lost its workers for good.

@@ -42,7 +42,7 @@ class ModelInfoSource:
         raise RequestError(
             grpc.StatusCode.UNAVAILABLE,
             f"no scheduler replica is reachable at {', '.join(self._pool.addresses)} "
-            f"(last error: {last_error}); start a scheduler or fix --scheduler-addresses",
+            f"(last error: {last_error}); {self._pool.discovery_hint}",
         )
 
     async def get(self) -> common_pb2.ModelInfo:

@@ -133,6 +133,15 @@ class SchedulerPool:
         """The known scheduler addresses, sorted."""
         return sorted(self._replicas)
 
+    @property
+    def discovery_hint(self) -> str:
+        """What to do when no replica is reachable, for error messages."""
+        return {
+            "static": "start a scheduler or fix --scheduler-addresses",
+            "dns": "start a scheduler or check that --dns-name resolves to it",
+            "redis": "start a scheduler with --redis-url pointing at the same Redis",
+        }.get(self.monitor.discovery.kind, "start a scheduler")
+
     def pick(
         self, request_context: RequestContext, exclude: Sequence[SchedulerReplica] = ()
     ) -> SchedulerReplica:
