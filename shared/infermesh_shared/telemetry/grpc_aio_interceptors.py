@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from infermesh_shared.telemetry import grpc_propagation as prop
@@ -99,21 +100,21 @@ def _traced_coroutine(behavior: Callable, name: prop.RpcName, metadata) -> Calla
 def _traced_async_gen(behavior: Callable, name: prop.RpcName, metadata) -> Callable:
     async def run(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         span = prop.start_server_span(get_tracer(_TRACER_NAME), name, metadata)
+        span_context = trace.set_span_in_context(span)
         error: BaseException | None = None
         try:
-            with trace.use_span(
-                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
-                responses = behavior(request_or_iterator, context)
+            responses = behavior(request_or_iterator, context)
             while True:
-                # Current only while the handler computes, so nothing leaks into grpc's own code.
-                with trace.use_span(
-                    span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-                ):
-                    try:
-                        message = await responses.__anext__()
-                    except StopAsyncIteration:
-                        return
+                # Current only while the handler computes each message: no token is held across
+                # a yield, so a generator closed from another task never detaches the wrong one.
+                # Plain attach/detach: this runs once per streamed message.
+                token = otel_context.attach(span_context)
+                try:
+                    message = await responses.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    otel_context.detach(token)
                 yield message
         except GeneratorExit:
             await responses.aclose()

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from infermesh_shared.telemetry import grpc_propagation as prop
@@ -86,19 +87,21 @@ def _traced_stream(behavior: Callable, name: prop.RpcName, metadata) -> Callable
         span = prop.start_server_span(get_tracer(_TRACER_NAME), name, metadata)
         error: BaseException | None = None
         try:
-            with trace.use_span(
-                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
+            span_context = trace.set_span_in_context(span)
+            token = otel_context.attach(span_context)
+            try:
                 responses = iter(behavior(request_or_iterator, context))
+            finally:
+                otel_context.detach(token)
             while True:
-                # Current only while the handler computes, not while grpc sends the message.
-                with trace.use_span(
-                    span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-                ):
-                    try:
-                        message = next(responses)
-                    except StopIteration:
-                        return
+                # Current only while the handler computes each message, not while grpc sends it.
+                token = otel_context.attach(span_context)
+                try:
+                    message = next(responses)
+                except StopIteration:
+                    return
+                finally:
+                    otel_context.detach(token)
                 yield message
         except GeneratorExit:
             error = None  # the client went away; grpc sets CANCELLED
