@@ -124,6 +124,21 @@ def test_stream_continues_on_another_replica_without_repeats(loop, model_dir, ha
         assert list(resumed.resumed_output_token_ids) == TOKENS[:7]
         assert list(resumed.prompt_token_ids) == [5, 6, 7] and resumed.sampling.max_tokens == 16
         assert resumed.request_id == first.submits[0].request_id
+        registry = frontend.registry
+        reason = "stalled" if hang else "unavailable"
+        assert registry.get_sample_value("infermesh_frontend_failovers_total", {"reason": reason}) == 1
+        for address in frontend.pool.addresses:
+            assert (
+                registry.get_sample_value("infermesh_frontend_routed_requests_total", {"replica": address})
+                == 1
+            )
+        known = sum(
+            registry.get_sample_value("infermesh_frontend_scheduler_replicas", {"health": health}) or 0
+            for health in ("up", "down", "unknown")
+        )
+        assert known == 2
+        if hang:  # a replica that failed one call but answers its polls is back up at once
+            assert registry.get_sample_value("infermesh_frontend_scheduler_replicas", {"health": "down"}) == 1
     finally:
         loop.run(frontend.stop(0))
         for server in servers:

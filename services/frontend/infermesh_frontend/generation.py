@@ -175,6 +175,7 @@ class Generation:
                     grpc.StatusCode.UNAVAILABLE, self._cannot_continue(reason, received)
                 ) from None
             logger.warning("%s: request %s goes on at another replica", reason, self.request_id)
+            self._pool.record_failover("stalled")
             yield None
         finally:
             RequestTrace.end_stream(stream_span, failure)
@@ -216,6 +217,7 @@ class Generation:
                 self.request_id,
                 len(self._request.submit.resumed_output_token_ids),
             )
+            self._pool.record_failover("unavailable")
             return
         else:
             self._pool.report_result(replica, code)

@@ -27,6 +27,7 @@ from infermesh_frontend.routing import (
 from infermesh_frontend.routing.load_report import load_report_from_response
 from infermesh_frontend.routing.replica_monitor import ReplicaMonitor
 from infermesh_frontend.routing.replica_table import LoadReport
+from infermesh_frontend.routing.routing_metrics import RoutingMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class SchedulerPool:
         discovery: ReplicaDiscovery | None = None,
         load_poll_interval_ms: int = DEFAULT_LOAD_POLL_INTERVAL_MS,
         health_check_interval_ms: int = DEFAULT_HEALTH_CHECK_INTERVAL_MS,
+        metrics: RoutingMetrics | None = None,
     ) -> None:
         if discovery is None:
             if not addresses:
@@ -84,6 +86,9 @@ class SchedulerPool:
         self.dispatch_policy = dispatch_policy
         self.policy = make_routing_policy(dispatch_policy)
         self.table = ReplicaTable()
+        self.metrics = metrics
+        if metrics is not None:
+            self.table.on_change = lambda: metrics.set_replica_health(self.table.health_counts())
         self._interceptors = list(interceptors)
         self._replicas: dict[str, SchedulerReplica] = {}
         self._block_size = 0
@@ -162,7 +167,14 @@ class SchedulerPool:
         )
         assert chosen is not None  # candidates is non-empty
         self.table.record_dispatch(chosen.address)
+        if self.metrics is not None:
+            self.metrics.routed.labels(replica=chosen.address).inc()
         return self._replicas[chosen.address]
+
+    def record_failover(self, reason: str) -> None:
+        """Counts a request moved off its replica ("unavailable" or "stalled")."""
+        if self.metrics is not None:
+            self.metrics.failovers.labels(reason=reason).inc()
 
     def release(self, replica: SchedulerReplica) -> None:
         """Counts a request picked for `replica` as ended there."""

@@ -16,6 +16,7 @@ from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
 from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.request_error import RequestError
+from infermesh_frontend.routing.routing_metrics import RoutingMetrics
 from infermesh_frontend.scheduler_pool import SchedulerPool
 from infermesh_frontend.servicer import FrontendServicer
 from infermesh_frontend.tokenizer import FrontendTokenizer
@@ -116,6 +117,7 @@ class FrontendServer:
             dns_name=settings.dns_name,
             redis_url=settings.redis_url,
         )
+        self.registry = create_registry()
         self.pool = SchedulerPool(
             settings.scheduler_addresses,
             settings.dispatch_policy,
@@ -123,9 +125,9 @@ class FrontendServer:
             discovery=discovery,
             load_poll_interval_ms=settings.load_poll_interval_ms,
             health_check_interval_ms=settings.health_check_interval_ms,
+            metrics=RoutingMetrics(self.registry),
         )
         self.model_info = ModelInfoSource(self.pool)
-        self.registry = create_registry()
         self.metrics = RequestMetrics(self.registry)
         self.metrics_server: MetricsServer | None = None
         self.server = grpc.aio.server(interceptors=settings.server_interceptors or None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from infermesh_frontend.routing.replica_load import ReplicaLoad
@@ -54,6 +54,15 @@ class ReplicaTable:
         self._replicas: dict[str, _Replica] = {}
         # Sorted candidate lists are rebuilt only when health or membership changes.
         self._candidates_cache: list[ReplicaLoad] | None = None
+        # Called after health or membership changed (metrics).
+        self.on_change: Callable[[], None] | None = None
+
+    def health_counts(self) -> dict[ReplicaHealth, int]:
+        """How many known replicas are in each health state."""
+        counts: dict[ReplicaHealth, int] = {}
+        for replica in self._replicas.values():
+            counts[replica.health] = counts.get(replica.health, 0) + 1
+        return counts
 
     def addresses(self) -> list[str]:
         """Known replica addresses, sorted."""
@@ -81,6 +90,8 @@ class ReplicaTable:
         if added or removed:
             self._candidates_cache = None
             logger.info("scheduler replicas: +%s -%s -> %s", added, removed, sorted(self._replicas))
+            if self.on_change is not None:
+                self.on_change()
         return added, removed
 
     def apply_report(self, address: str, report: LoadReport) -> None:
@@ -147,3 +158,5 @@ class ReplicaTable:
                 logger.info("scheduler %s answers again: routing to it", address)
             replica.health = health
             self._candidates_cache = None
+            if self.on_change is not None:
+                self.on_change()
