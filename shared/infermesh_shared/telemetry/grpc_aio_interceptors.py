@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -36,29 +37,8 @@ class AioTracingServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not tracing_enabled() or not self._policy.traces(method, metadata):
             return handler
         name = prop.parse_rpc_name(method)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _traced(handler.unary_unary, name, metadata),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _traced(handler.stream_unary, name, metadata),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _traced(handler.unary_stream, name, metadata),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _traced(handler.stream_stream, name, metadata),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
+        wrap = functools.partial(_traced, name=name, metadata=metadata)
+        return prop.rewrap_handler(handler, wrap, wrap)
 
 
 def _context_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode | None:

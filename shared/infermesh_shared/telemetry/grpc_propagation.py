@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -129,3 +129,16 @@ def start_server_span(tracer: trace.Tracer, name: RpcName, metadata) -> Span:
     return tracer.start_span(
         name.span_name, context=parent, kind=trace.SpanKind.SERVER, attributes=server_span_attributes(name)
     )
+
+
+def rewrap_handler(handler: grpc.RpcMethodHandler, wrap_unary_out: Callable, wrap_stream_out: Callable):
+    """The same method handler with its behaviour wrapped: `wrap_unary_out` for RPCs that answer
+    once, `wrap_stream_out` for RPCs that stream their answer. Sync and aio servers share it."""
+    serializers = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap_unary_out(handler.unary_unary), *serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap_unary_out(handler.stream_unary), *serializers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap_stream_out(handler.unary_stream), *serializers)
+    return grpc.stream_stream_rpc_method_handler(wrap_stream_out(handler.stream_stream), *serializers)

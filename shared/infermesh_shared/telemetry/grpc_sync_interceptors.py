@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,28 +35,10 @@ class TracingServerInterceptor(grpc.ServerInterceptor):
         if handler is None or not tracing_enabled() or not self._policy.traces(method, metadata):
             return handler
         name = prop.parse_rpc_name(method)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _traced_unary(handler.unary_unary, name, metadata),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _traced_unary(handler.stream_unary, name, metadata),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _traced_stream(handler.unary_stream, name, metadata),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _traced_stream(handler.stream_stream, name, metadata),
-            handler.request_deserializer,
-            handler.response_serializer,
+        return prop.rewrap_handler(
+            handler,
+            functools.partial(_traced_unary, name=name, metadata=metadata),
+            functools.partial(_traced_stream, name=name, metadata=metadata),
         )
 
 
