@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 import grpc
-
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
 
 
@@ -35,21 +34,47 @@ def add_bench_subcommand(subparsers: argparse._SubParsersAction) -> None:
         description="Sends requests with random prompt and output lengths (EOS ignored) and prints one JSON "
         "line: output tokens/s, requests/s, TTFT p50/p99, time per output token p50/p99.",
     )
-    parser.add_argument("target", nargs="?", choices=["serving", "scheduler"], default="serving",
-                        help="serving (default): load a frontend; scheduler: time scheduler steps")
+    parser.add_argument(
+        "target",
+        nargs="?",
+        choices=["serving", "scheduler"],
+        default="serving",
+        help="serving (default): load a frontend; scheduler: time scheduler steps",
+    )
     parser.add_argument("--address", default="127.0.0.1:50050", help="frontend host:port")
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--prompt-len", type=int, nargs=2, default=(32, 512), metavar=("MIN", "MAX"),
-                        help="prompt length range in tokens (default 32 512)")
-    parser.add_argument("--output-len", type=int, nargs=2, default=(16, 128), metavar=("MIN", "MAX"),
-                        help="output length range in tokens (default 16 128)")
-    parser.add_argument("--shared-prefix-len", type=int, default=0,
-                        help="every prompt starts with the same this many tokens (prefix-cache workloads)")
+    parser.add_argument(
+        "--prompt-len",
+        type=int,
+        nargs=2,
+        default=(32, 512),
+        metavar=("MIN", "MAX"),
+        help="prompt length range in tokens (default 32 512)",
+    )
+    parser.add_argument(
+        "--output-len",
+        type=int,
+        nargs=2,
+        default=(16, 128),
+        metavar=("MIN", "MAX"),
+        help="output length range in tokens (default 16 128)",
+    )
+    parser.add_argument(
+        "--shared-prefix-len",
+        type=int,
+        default=0,
+        help="every prompt starts with the same this many tokens (prefix-cache workloads)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random workload")
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="give up after this long")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024],
-                        help="scheduler target only: running-sequence counts to time")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[16, 64, 256, 1024],
+        help="scheduler target only: running-sequence counts to time",
+    )
     parser.add_argument("--steps", type=int, default=200, help="scheduler target only: steps per size")
     parser.set_defaults(handler=run_bench)
 
@@ -134,6 +159,3 @@ def _percentile(values: list[float], pct: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1] if pct < 100 else max(values)
-
-
-

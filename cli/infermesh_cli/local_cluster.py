@@ -81,9 +81,13 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout_s
         while not self._listening.wait(0.1):
             if self.process is not None and self.process.poll() is not None:
-                raise ServiceStartError(f"{self.name} exited with status {self.process.returncode}:\n{self.output_tail()}")
+                raise ServiceStartError(
+                    f"{self.name} exited with status {self.process.returncode}:\n{self.output_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise ServiceStartError(f"{self.name} did not start listening in {timeout_s:.0f}s:\n{self.output_tail()}")
+                raise ServiceStartError(
+                    f"{self.name} did not start listening in {timeout_s:.0f}s:\n{self.output_tail()}"
+                )
         assert self.address is not None
         return self.address
 
@@ -179,9 +183,19 @@ class LocalCluster:
                 "scheduler",
                 "infermesh_scheduler",
                 [
-                    "--host", spec.host, "--port", "0", "--model-path", str(spec.model_path),
-                    "--tp-size", str(spec.tp_size), "--pp-size", str(spec.pp_size),
-                    "--num-workers", str(spec.tp_size * spec.pp_size), *spec.scheduler_args,
+                    "--host",
+                    spec.host,
+                    "--port",
+                    "0",
+                    "--model-path",
+                    str(spec.model_path),
+                    "--tp-size",
+                    str(spec.tp_size),
+                    "--pp-size",
+                    str(spec.pp_size),
+                    "--num-workers",
+                    str(spec.tp_size * spec.pp_size),
+                    *spec.scheduler_args,
                 ],
             )
             scheduler_address = self.scheduler.wait_listening(spec.start_timeout_s)
@@ -202,8 +216,15 @@ class LocalCluster:
                 "worker",
                 "infermesh_worker",
                 [
-                    "--host", self.spec.host, "--port", "0", "--scheduler-address", self.scheduler_address,
-                    "--worker-name", f"worker-{index}", *self.spec.worker_args,
+                    "--host",
+                    self.spec.host,
+                    "--port",
+                    "0",
+                    "--scheduler-address",
+                    self.scheduler_address,
+                    "--worker-name",
+                    f"worker-{index}",
+                    *self.spec.worker_args,
                 ],
                 log_name=f"worker-{index}",
             )
@@ -219,8 +240,15 @@ class LocalCluster:
             "frontend",
             "infermesh_frontend",
             [
-                "--host", self.spec.host, "--port", str(port), "--model-path", str(self.spec.model_path),
-                "--scheduler-addresses", self.scheduler_address, *self.spec.frontend_args,
+                "--host",
+                self.spec.host,
+                "--port",
+                str(port),
+                "--model-path",
+                str(self.spec.model_path),
+                "--scheduler-addresses",
+                self.scheduler_address,
+                *self.spec.frontend_args,
             ],
             log_name=f"frontend-{index}",
         )

@@ -19,18 +19,37 @@ def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
         description="Starts frontend, scheduler and tp·pp workers as separate local processes and "
         "stops them all on Ctrl-C or SIGTERM. Without --model-path it serves the built-in demo model.",
     )
-    parser.add_argument("--model-path", type=Path, help="Hugging Face model directory (default: the demo model)")
-    parser.add_argument("--host", default="127.0.0.1", help="address every service binds to (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=50050, help="frontend gRPC port (default 50050; 0 = any free port)")
+    parser.add_argument(
+        "--model-path", type=Path, help="Hugging Face model directory (default: the demo model)"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address every service binds to (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=50050, help="frontend gRPC port (default 50050; 0 = any free port)"
+    )
     parser.add_argument("--tp-size", type=int, default=1, help="tensor-parallel workers per pipeline stage")
     parser.add_argument("--pp-size", type=int, default=1, help="pipeline stages")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="fp32",
-                        help="weights and KV dtype (default fp32: the fast one on CPU)")
+    parser.add_argument(
+        "--dtype",
+        choices=["bf16", "fp16", "fp32"],
+        default="fp32",
+        help="weights and KV dtype (default fp32: the fast one on CPU)",
+    )
     parser.add_argument("--log-dir", type=Path, help="where service logs go (default: a new temp dir)")
-    parser.add_argument("--scheduler-arg", action="append", default=[], metavar="ARG",
-                        help="extra scheduler flag, repeatable, e.g. --scheduler-arg=--max-batch-size=64")
-    parser.add_argument("--worker-arg", action="append", default=[], metavar="ARG", help="extra worker flag, repeatable")
-    parser.add_argument("--frontend-arg", action="append", default=[], metavar="ARG", help="extra frontend flag, repeatable")
+    parser.add_argument(
+        "--scheduler-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra scheduler flag, repeatable, e.g. --scheduler-arg=--max-batch-size=64",
+    )
+    parser.add_argument(
+        "--worker-arg", action="append", default=[], metavar="ARG", help="extra worker flag, repeatable"
+    )
+    parser.add_argument(
+        "--frontend-arg", action="append", default=[], metavar="ARG", help="extra frontend flag, repeatable"
+    )
     parser.set_defaults(handler=run_up)
 
 
@@ -43,8 +62,10 @@ def run_up(args: argparse.Namespace) -> int:
     else:
         model_path = args.model_path.resolve()
         if not (model_path / "config.json").is_file():
-            print(f"error: {model_path} has no config.json; --model-path must be a Hugging Face model directory",
-                  file=sys.stderr)
+            print(
+                f"error: {model_path} has no config.json; --model-path takes a Hugging Face model directory",
+                file=sys.stderr,
+            )
             return 2
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="infermesh-up-"))
     spec = ClusterSpec(
@@ -71,10 +92,15 @@ def run_up(args: argparse.Namespace) -> int:
     print(f"frontend listening on {cluster.frontend_address}", flush=True)
     try:
         while not stop.wait(0.5):
-            dead = [s for s in [cluster.scheduler, *cluster.workers, *cluster.frontends] if s and not s.alive()]
+            dead = [
+                s for s in [cluster.scheduler, *cluster.workers, *cluster.frontends] if s and not s.alive()
+            ]
             if dead:
                 for service in dead:
-                    print(f"error: {service.name} exited unexpectedly:\n{service.output_tail()}", file=sys.stderr)
+                    print(
+                        f"error: {service.name} exited unexpectedly:\n{service.output_tail()}",
+                        file=sys.stderr,
+                    )
                 return 1
     finally:
         print("stopping...", flush=True)

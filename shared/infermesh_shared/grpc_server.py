@@ -9,7 +9,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 
-def add_health_and_reflection(server: grpc.Server | grpc.aio.Server, service_full_names: Iterable[str]) -> health.HealthServicer:
+def add_health_and_reflection(
+    server: grpc.Server | grpc.aio.Server, service_full_names: Iterable[str]
+) -> health.HealthServicer:
     """Registers grpc.health.v1 and server reflection on `server`; returns the health servicer.
 
     The caller flips statuses with `set(name, status)`; the overall status ("") starts SERVING

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import grpc
-
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from infermesh_cli.local_cluster import ClusterSpec, LocalCluster
 

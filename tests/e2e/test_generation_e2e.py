@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-
 from infermesh.v1 import common_pb2, frontend_pb2, scheduler_pb2
 
 from tests.e2e.harness import (
@@ -47,7 +46,9 @@ def test_greedy_output_equals_transformers(arch, tmp_path):
         max_tokens = [8 + 3 * i for i in range(len(PROMPTS))]
 
         def run(i: int) -> frontend_pb2.GenerateResponse:
-            request = generate_request(text=PROMPTS[i], temperature=0.0, max_tokens=max_tokens[i], ignore_eos=True)
+            request = generate_request(
+                text=PROMPTS[i], temperature=0.0, max_tokens=max_tokens[i], ignore_eos=True
+            )
             return stub.Generate(frontend_pb2.GenerateRequest(input=request), timeout=120)
 
         with ThreadPoolExecutor(len(PROMPTS)) as pool:
@@ -59,7 +60,9 @@ def test_greedy_output_equals_transformers(arch, tmp_path):
             assert completion.finish_reason == common_pb2.FINISH_REASON_LENGTH
             assert response.usage.prompt_tokens == len(ids)
             assert response.usage.completion_tokens == n
-            detok = stub.Detokenize(frontend_pb2.DetokenizeRequest(token_ids=expected, skip_special_tokens=True))
+            detok = stub.Detokenize(
+                frontend_pb2.DetokenizeRequest(token_ids=expected, skip_special_tokens=True)
+            )
             assert completion.text == detok.text
         wait_all_blocks_free(cluster.scheduler_address)
     finally:
@@ -71,7 +74,9 @@ def test_64_concurrent_streams_finish_with_right_counts(llama_cluster):
 
     def run(i: int) -> tuple[int, int, int]:
         n = 4 + (i * 7) % 29
-        request = generate_request(text=f"request {i} " * (1 + i % 9), temperature=0.0, max_tokens=n, ignore_eos=True)
+        request = generate_request(
+            text=f"request {i} " * (1 + i % 9), temperature=0.0, max_tokens=n, ignore_eos=True
+        )
         tokens = 0
         finishes = 0
         for message in stub.GenerateStream(frontend_pb2.GenerateStreamRequest(input=request), timeout=300):
@@ -108,7 +113,9 @@ def test_stop_string_ends_output_right_before_it(llama_cluster):
     stub = frontend_stub(llama_cluster.frontend_address)
     prompt = "stop strings "
     free = stub.Generate(
-        frontend_pb2.GenerateRequest(input=generate_request(text=prompt, temperature=0.0, max_tokens=40, ignore_eos=True))
+        frontend_pb2.GenerateRequest(
+            input=generate_request(text=prompt, temperature=0.0, max_tokens=40, ignore_eos=True)
+        )
     ).completions[0]
     # A stop string taken from the middle of the unconstrained output must cut it right there.
     text = free.text

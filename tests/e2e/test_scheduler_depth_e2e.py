@@ -7,7 +7,6 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from infermesh.v1 import frontend_pb2, scheduler_pb2
 
 from tests.e2e.harness import (
@@ -30,7 +29,9 @@ def _greedy(address: str, prompts: list[list[int]], max_tokens: int) -> list[lis
 
     def run(prompt: list[int]) -> list[int]:
         req = generate_request(token_ids=prompt, temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-        return list(stub.Generate(frontend_pb2.GenerateRequest(input=req), timeout=300).completions[0].token_ids)
+        return list(
+            stub.Generate(frontend_pb2.GenerateRequest(input=req), timeout=300).completions[0].token_ids
+        )
 
     with ThreadPoolExecutor(len(prompts)) as pool:
         return list(pool.map(run, prompts))
@@ -46,8 +47,15 @@ def reference_cluster(llama_model, tmp_path_factory):
     cluster = start_cluster(
         llama_model,
         tmp_path_factory.mktemp("reference-logs"),
-        scheduler_args=["--dtype", "fp32", "--block-size", str(BLOCK), "--total-blocks", "1024",
-                        "--no-enable-prefix-cache"],
+        scheduler_args=[
+            "--dtype",
+            "fp32",
+            "--block-size",
+            str(BLOCK),
+            "--total-blocks",
+            "1024",
+            "--no-enable-prefix-cache",
+        ],
     )
     yield cluster
     wait_all_blocks_free(cluster.scheduler_address)
@@ -59,7 +67,8 @@ def test_shared_prefix_hits_the_cache_for_all_but_the_first(llama_model, referen
     prefix = [rng.randrange(3, TEST_VOCAB_SIZE) for _ in range(PREFIX_LEN)]
     prompts = [prefix + [rng.randrange(3, TEST_VOCAB_SIZE) for _ in range(5 + i % 7)] for i in range(32)]
     cluster = start_cluster(
-        llama_model, tmp_path / "logs",
+        llama_model,
+        tmp_path / "logs",
         scheduler_args=["--dtype", "fp32", "--block-size", str(BLOCK), "--total-blocks", "1024"],
     )
     try:

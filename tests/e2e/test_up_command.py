@@ -22,8 +22,17 @@ def _children(pid: int) -> list[int]:
 def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path):
     env = {**os.environ, "INFERMESH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     up = subprocess.Popen(
-        [sys.executable, "-m", "infermesh_cli", "up", "--port", "0", "--log-dir", str(tmp_path / "logs"),
-         "--worker-arg=--num-threads=1"],
+        [
+            sys.executable,
+            "-m",
+            "infermesh_cli",
+            "up",
+            "--port",
+            "0",
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--worker-arg=--num-threads=1",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -47,17 +56,46 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path):
         assert len(services) == 3, f"expected scheduler, worker and frontend processes, got {services}"
 
         result = subprocess.run(
-            [sys.executable, "-m", "infermesh_cli", "generate", "--address", address, "--max-tokens", "8",
-             "--temperature", "0", "Hello, infermesh"],
-            capture_output=True, text=True, timeout=120, env=env,
+            [
+                sys.executable,
+                "-m",
+                "infermesh_cli",
+                "generate",
+                "--address",
+                address,
+                "--max-tokens",
+                "8",
+                "--temperature",
+                "0",
+                "Hello, infermesh",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip(), "generate printed no text"
 
         streamed = subprocess.run(
-            [sys.executable, "-m", "infermesh_cli", "generate", "--address", address, "--max-tokens", "8",
-             "--temperature", "0", "--stream", "Hello, infermesh"],
-            capture_output=True, text=True, timeout=120, env=env,
+            [
+                sys.executable,
+                "-m",
+                "infermesh_cli",
+                "generate",
+                "--address",
+                address,
+                "--max-tokens",
+                "8",
+                "--temperature",
+                "0",
+                "--stream",
+                "Hello, infermesh",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
         )
         assert streamed.returncode == 0, streamed.stderr
         assert streamed.stdout.strip() == result.stdout.strip()

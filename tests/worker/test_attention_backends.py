@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch.nn.attention import SDPBackend
-
 from infermesh_worker.model_runner import attention_backends
+from torch.nn.attention import SDPBackend
 
 
 def test_cpu_reports_flash_attention_as_not_applicable(caplog):
