@@ -94,19 +94,21 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 async def _bench_serving(args: argparse.Namespace) -> dict:
+    # Lengths and token ids come from separate streams so every model sees the same lengths.
     rng = random.Random(args.seed)
+    token_rng = random.Random(args.seed + 1)
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = frontend_pb2_grpc.FrontendServiceStub(channel)
         info = (await stub.GetModelInfo(frontend_pb2.FrontendServiceGetModelInfoRequest(), timeout=30)).model
         vocab = info.vocab_size
-        prefix = [rng.randrange(vocab) for _ in range(args.shared_prefix_len)]
+        prefix = [token_rng.randrange(vocab) for _ in range(args.shared_prefix_len)]
         workload = []
         for _ in range(args.num_requests):
             prompt_len = rng.randint(*args.prompt_len)
             output_len = rng.randint(*args.output_len)
             if info.max_model_len and prompt_len + output_len > info.max_model_len:
                 prompt_len = max(1, info.max_model_len - output_len)
-            tail = [rng.randrange(vocab) for _ in range(max(0, prompt_len - len(prefix)))]
+            tail = [token_rng.randrange(vocab) for _ in range(max(0, prompt_len - len(prefix)))]
             workload.append(((prefix + tail)[: max(prompt_len, len(prefix))], output_len))
 
         gate = asyncio.Semaphore(args.concurrency)
