@@ -1,0 +1,56 @@
+"""`infermesh bench` against a running cluster, and `infermesh bench scheduler`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _infermesh(*args: str) -> list[dict]:
+    result = subprocess.run(
+        [sys.executable, "-m", "infermesh_cli", *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_bench_serving_reports_one_json_line(llama_cluster):
+    (report,) = _infermesh(
+        "bench",
+        "--address",
+        llama_cluster.frontend_address,
+        "--num-requests",
+        "6",
+        "--concurrency",
+        "3",
+        "--prompt-len",
+        "8",
+        "40",
+        "--output-len",
+        "5",
+        "5",
+    )
+    # EOS is ignored, so every request produces exactly its output length.
+    assert report["output_tokens"] == 30
+    assert report["num_requests"] == 6
+    for key in (
+        "output_tokens_per_s",
+        "requests_per_s",
+        "ttft_ms_p50",
+        "ttft_ms_p99",
+        "tpot_ms_p50",
+        "tpot_ms_p99",
+    ):
+        assert report[key] > 0, key
+    assert report["ttft_ms_p99"] >= report["ttft_ms_p50"]
+
+
+def test_bench_scheduler_times_each_size():
+    reports = _infermesh("bench", "scheduler", "--sizes", "4", "16", "--steps", "5")
+    assert [r["num_running"] for r in reports] == [4, 16]
+    assert all(r["us_per_step"] > 0 and r["steps"] == 5 for r in reports)
