@@ -407,12 +407,12 @@ def test_console_script_serves_in_its_own_process(model_dir: Path, fake_server, 
 def test_console_script_refuses_options_it_cannot_honour(model_dir: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "infermesh_frontend", "--model-path", str(model_dir),
-         "--scheduler-addresses", "127.0.0.1:1", "--http-port", "8080"],
+         "--scheduler-addresses", "127.0.0.1:1", "--port", "8080", "--http-port", "8080"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2
     assert "Error: Configuration validation failed" in result.stderr
-    assert "HTTP API is not built yet" in result.stderr
+    assert "give the HTTP API a port of its own" in result.stderr
 
 
 def _run_generate_command(argv: list[str]) -> int:

@@ -25,6 +25,8 @@ async def _serve(settings: FrontendSettings) -> None:
     server = FrontendServer(settings)
     port = await server.start()
     print(f"frontend listening on {settings.host}:{port}", flush=True)
+    if server.http_server is not None:
+        print(f"frontend http listening on {settings.host}:{server.http_server.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

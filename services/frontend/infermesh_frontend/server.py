@@ -1,4 +1,5 @@
-"""The frontend's gRPC server: FrontendService, health, reflection, and scheduler health checks."""
+"""The frontend's servers: gRPC FrontendService (health, reflection), the OpenAI HTTP API when
+http_port is set, and the scheduler health checks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from infermesh_shared.telemetry.metrics_server import MetricsServer, create_regi
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
 from infermesh_frontend.model_info import ModelInfoSource
+from infermesh_frontend.openai_http.app import OpenAIHttpServer
 from infermesh_frontend.request_error import RequestError
+from infermesh_frontend.request_runner import RequestRunner
 from infermesh_frontend.routing.routing_metrics import RoutingMetrics
 from infermesh_frontend.scheduler_pool import SchedulerPool
 from infermesh_frontend.servicer import FrontendServicer
@@ -38,6 +41,8 @@ class FrontendSettings:
     scheduler_addresses: list[str]
     host: str = "127.0.0.1"
     port: int = 0
+    # Port of the OpenAI-compatible HTTP API (same host); 0 = off.
+    http_port: int = 0
     dispatch_policy: str = "round_robin"
     # How scheduler replicas are found: static (scheduler_addresses), dns (dns_name), redis (redis_url).
     discovery: str = "static"
@@ -59,9 +64,10 @@ class FrontendSettings:
     def from_config(cls, cfg: Any) -> FrontendSettings:
         """Settings from a load_config("frontend") result; refuses options not built yet."""
         refusals = []
-        if cfg.http_port:
+        if cfg.http_port and cfg.http_port in (cfg.port, cfg.metrics_port):
             refusals.append(
-                "http_port: the OpenAI-compatible HTTP API is not built yet; leave http_port at 0"
+                f"http_port {cfg.http_port} is also the gRPC port or the metrics port; "
+                "give the HTTP API a port of its own"
             )
         addresses = list(cfg.scheduler_addresses)
         if cfg.discovery == "static" and not addresses:
@@ -91,6 +97,7 @@ class FrontendSettings:
             scheduler_addresses=addresses,
             host=cfg.host,
             port=cfg.port,
+            http_port=cfg.http_port,
             dispatch_policy=cfg.dispatch_policy,
             discovery=cfg.discovery,
             dns_name=cfg.dns_name,
@@ -131,7 +138,7 @@ class FrontendServer:
         self.metrics = RequestMetrics(self.registry)
         self.metrics_server: MetricsServer | None = None
         self.server = grpc.aio.server(interceptors=settings.server_interceptors or None)
-        servicer = FrontendServicer(
+        self.runner = RequestRunner(
             self.tokenizer,
             self.pool,
             self.model_info,
@@ -141,7 +148,10 @@ class FrontendServer:
             failover_max_attempts=settings.failover_max_attempts,
             metrics=self.metrics,
         )
-        frontend_pb2_grpc.add_FrontendServiceServicer_to_server(servicer, self.server)
+        frontend_pb2_grpc.add_FrontendServiceServicer_to_server(FrontendServicer(self.runner), self.server)
+        self.http_server: OpenAIHttpServer | None = None
+        if settings.http_port:
+            self.http_server = OpenAIHttpServer(self.runner, settings.host, settings.http_port)
         self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = 0
         self._health_task: asyncio.Task[None] | None = None
@@ -154,6 +164,8 @@ class FrontendServer:
         if self.port == 0:
             raise OSError(f"cannot bind the frontend to {address}")
         await self.server.start()
+        if self.http_server is not None:
+            await self.http_server.start()
         # Find the scheduler replicas and learn their load before the first request is routed.
         await self.pool.start()
         if self.settings.metrics_port:
@@ -201,6 +213,8 @@ class FrontendServer:
                 await self._health_task
             except asyncio.CancelledError:
                 pass
+        if self.http_server is not None:
+            await self.http_server.stop()
         await self.server.stop(grace_s)
         await self.pool.close()
         if self.metrics_server is not None:

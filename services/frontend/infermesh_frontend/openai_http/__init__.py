@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models)."""

@@ -1,0 +1,236 @@
+"""The OpenAI-compatible HTTP API on aiohttp, sharing the gRPC servicer's event loop and RequestRunner.
+
+Routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (JSON or SSE with
+`stream: true`). A client that closes its connection cancels the handler (handler_cancellation),
+which closes the runner's stream and so aborts the request at the scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from infermesh_shared.telemetry import extract_context_from_headers, get_tracer
+from opentelemetry import trace
+
+from infermesh_frontend.completion_output import CompletionDelta
+from infermesh_frontend.openai_http.api_error import ApiError, invalid
+from infermesh_frontend.openai_http.chat_template import ChatTemplate, ChatTemplateError
+from infermesh_frontend.openai_http.response_shapes import (
+    ChatShape,
+    ChoiceSoFar,
+    CompletionShape,
+    ResponseShape,
+)
+from infermesh_frontend.openai_http.schemas import ParsedRequest, parse_chat_request, parse_completion_request
+from infermesh_frontend.request_error import RequestError
+from infermesh_frontend.request_runner import RequestRunner
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors_as_openai_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as OpenAI's error JSON with the matching HTTP status."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return web.json_response(error.body(), status=error.status)
+    except RequestError as error:
+        api_error = ApiError.from_grpc(error.code, error.message)
+        return web.json_response(api_error.body(), status=api_error.status)
+    except web.HTTPException as error:
+        if error.status >= 400:
+            api_error = ApiError(error.status, f"{request.method} {request.path}: {error.reason}")
+            return web.json_response(api_error.body(), status=error.status)
+        raise
+
+
+class OpenAIApi:
+    """The route handlers; every generation goes through `runner`, as gRPC Generate does."""
+
+    def __init__(self, runner: RequestRunner) -> None:
+        self._runner = runner
+        tokenizer = runner.tokenizer
+        self._chat_template: ChatTemplate | None = None
+        self._chat_template_error = "the model directory has no chat template (tokenizer_config.json)"
+        if tokenizer.chat_template is not None:
+            special = {"bos_token": tokenizer.settings.bos_token, "eos_token": tokenizer.settings.eos_token}
+            try:
+                self._chat_template = ChatTemplate(tokenizer.chat_template, special)
+            except ChatTemplateError as error:
+                self._chat_template_error = str(error)
+                logger.warning("chat completions are off: %s", error)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v1/models", self.models),
+            web.post("/v1/completions", self.completions),
+            web.post("/v1/chat/completions", self.chat_completions),
+        ]
+
+    async def models(self, request: web.Request) -> web.Response:
+        with _server_span(request):
+            model = await self._runner.model_info.get()
+            entry = {
+                "id": model.model_name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "infermesh",
+                "max_model_len": model.max_model_len,
+            }
+            return web.json_response({"object": "list", "data": [entry]})
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        with _server_span(request):
+            parsed = parse_completion_request(await _json_body(request))
+            shape = CompletionShape(*await self._envelope(parsed, "cmpl"), self._token_text)
+            return await self._answer(request, parsed, shape)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        with _server_span(request):
+            parsed = parse_chat_request(await _json_body(request))
+            shape = ChatShape(*await self._envelope(parsed, "chatcmpl"), self._token_text)
+            if self._chat_template is None:
+                raise invalid(
+                    f"chat completions are not available: {self._chat_template_error}; use /v1/completions"
+                )
+            try:
+                prompt = self._chat_template.render(parsed.messages, add_generation_prompt=True)
+            except ChatTemplateError as error:
+                raise invalid(str(error), "messages") from error
+            # As transformers' apply_chat_template: the template already placed the special tokens.
+            ids = self._runner.tokenizer.encode(prompt, add_special_tokens=False)
+            parsed.generate_input.token_ids.ids.extend(ids)
+            return await self._answer(request, parsed, shape)
+
+    async def _envelope(self, parsed: ParsedRequest, prefix: str) -> tuple[str, int, str]:
+        """(response id, created, model) after checking the model is the one served."""
+        model = await self._runner.model_info.get()
+        if parsed.model != model.model_name:
+            raise ApiError(
+                404,
+                f"model {parsed.model!r} is not served here; this server serves {model.model_name!r} "
+                "(see /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
+        request_id = uuid.uuid4().hex
+        parsed.generate_input.request_id = request_id
+        return f"{prefix}-{request_id}", int(time.time()), model.model_name
+
+    def _token_text(self, token_id: int) -> str:
+        return self._runner.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    async def _answer(
+        self, request: web.Request, parsed: ParsedRequest, shape: ResponseShape
+    ) -> web.StreamResponse:
+        deltas = self._runner.run(parsed.generate_input, stream=parsed.stream)
+        async with contextlib.aclosing(deltas):
+            if parsed.stream:
+                return await _stream(request, parsed, shape, deltas)
+            choices: dict[int, ChoiceSoFar] = {}
+            usage = None
+            async for delta in deltas:
+                choices.setdefault(delta.index, ChoiceSoFar()).add(delta)
+                if delta.usage is not None:
+                    usage = delta.usage
+            if usage is None:
+                raise ApiError(500, "the request ended without a result")
+            return web.json_response(shape.response(choices, usage, parsed.logprobs))
+
+
+async def _stream(
+    request: web.Request, parsed: ParsedRequest, shape: ResponseShape, deltas: AsyncIterator[CompletionDelta]
+) -> web.StreamResponse:
+    """Server-sent events: one chunk per delta, then usage (when asked) and [DONE].
+
+    The first delta is awaited before the 200 goes out, so a request the scheduler refuses
+    still gets its HTTP error status; a failure after that is sent as an error event.
+    """
+    try:
+        first = await anext(deltas)
+    except StopAsyncIteration:
+        raise ApiError(500, "the request ended without a result") from None
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+
+    async def send(payload: object) -> None:
+        await response.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+
+    if isinstance(shape, ChatShape):
+        n = max(1, parsed.generate_input.sampling.n)
+        await send(shape.chunk([shape.role_choice(i) for i in range(n)], with_usage=parsed.include_usage))
+    usage = None
+    try:
+        delta: CompletionDelta | None = first
+        while delta is not None:
+            if delta.text or delta.finish_reason or (parsed.logprobs and delta.token_ids):
+                choice = shape.delta_choice(delta, parsed.logprobs)
+                await send(shape.chunk([choice], with_usage=parsed.include_usage))
+            if delta.usage is not None:
+                usage = delta.usage
+            delta = await anext(deltas, None)
+    except RequestError as error:
+        await send(ApiError.from_grpc(error.code, error.message).body())
+    else:
+        if parsed.include_usage and usage is not None:
+            await send(shape.chunk([], usage, with_usage=True))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def _json_body(request: web.Request) -> object:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise invalid(f"the request body is not valid JSON: {error}") from error
+
+
+@contextlib.contextmanager
+def _server_span(request: web.Request):
+    """A server span for the HTTP request, continuing the client's traceparent; the generation's
+    request span (RequestTrace) becomes its child."""
+    parent = extract_context_from_headers(request.headers)
+    tracer = get_tracer("infermesh.frontend.http")
+    with tracer.start_as_current_span(
+        f"{request.method} {request.path}",
+        context=parent,
+        kind=trace.SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "url.path": request.path},
+    ):
+        yield
+
+
+class OpenAIHttpServer:
+    """Binds the OpenAI API on host:port (0 picks a free port) on the running event loop."""
+
+    def __init__(self, runner: RequestRunner, host: str, port: int) -> None:
+        self._host = host
+        self._requested_port = port
+        app = web.Application(middlewares=[_errors_as_openai_json])
+        app.add_routes(OpenAIApi(runner).routes())
+        # handler_cancellation: a client that hangs up cancels its handler, aborting its request.
+        self._app_runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self.port = 0
+
+    async def start(self) -> int:
+        """Starts serving; returns the bound port."""
+        await self._app_runner.setup()
+        site = web.TCPSite(self._app_runner, self._host, self._requested_port)
+        await site.start()
+        self.port = self._app_runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        await self._app_runner.cleanup()

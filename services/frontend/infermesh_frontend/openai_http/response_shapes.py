@@ -1,0 +1,158 @@
+"""OpenAI response objects for completions and chat completions, whole and as stream chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from infermesh.v1 import common_pb2
+
+from infermesh_frontend.completion_output import CompletionDelta
+
+_FINISH_REASONS = {
+    common_pb2.FINISH_REASON_STOP: "stop",
+    common_pb2.FINISH_REASON_LENGTH: "length",
+    # The scheduler ended the request without finishing it (e.g. an operator's Abort).
+    common_pb2.FINISH_REASON_ABORT: "abort",
+}
+
+
+def finish_reason_name(finish_reason: int) -> str | None:
+    """OpenAI's finish_reason; None while the completion goes on."""
+    return _FINISH_REASONS.get(finish_reason)
+
+
+def usage_object(usage: common_pb2.Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+@dataclass(slots=True)
+class ChoiceSoFar:
+    """One choice's output collected from its deltas (for the non-streaming answer)."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
+
+    def add(self, delta: CompletionDelta) -> None:
+        self.text += delta.text
+        self.token_ids.extend(delta.token_ids)
+        self.logprobs.extend(delta.logprobs)
+        if delta.finish_reason:
+            self.finish_reason = delta.finish_reason
+
+
+class ResponseShape:
+    """How one endpoint words its answer; `token_text` names a token id (for logprobs)."""
+
+    object_name = ""
+    chunk_object_name = ""
+
+    def __init__(self, response_id: str, created: int, model: str, token_text: Callable[[int], str]) -> None:
+        self.response_id = response_id
+        self.created = created
+        self.model = model
+        self._token_text = token_text
+
+    def _envelope(self, object_name: str) -> dict[str, object]:
+        return {"id": self.response_id, "object": object_name, "created": self.created, "model": self.model}
+
+    def response(self, choices: dict[int, ChoiceSoFar], usage: common_pb2.Usage, logprobs: bool) -> dict:
+        body = self._envelope(self.object_name)
+        body["choices"] = [self.choice(i, choices[i], logprobs) for i in sorted(choices)]
+        body["usage"] = usage_object(usage)
+        return body
+
+    def chunk(
+        self, choices: list[dict], usage: common_pb2.Usage | None = None, with_usage: bool = False
+    ) -> dict:
+        body = self._envelope(self.chunk_object_name)
+        body["choices"] = choices
+        if with_usage:
+            # With include_usage every chunk has the field; only the last one fills it.
+            body["usage"] = usage_object(usage) if usage is not None else None
+        return body
+
+    def choice(self, index: int, choice: ChoiceSoFar, logprobs: bool) -> dict:
+        raise NotImplementedError
+
+    def delta_choice(self, delta: CompletionDelta, logprobs: bool) -> dict:
+        raise NotImplementedError
+
+
+class CompletionShape(ResponseShape):
+    """/v1/completions: `text_completion` objects."""
+
+    object_name = "text_completion"
+    chunk_object_name = "text_completion"
+
+    def _logprobs(self, token_ids: list[int], logprobs: list[float]) -> dict:
+        return {
+            "tokens": [self._token_text(token_id) for token_id in token_ids],
+            "token_logprobs": list(logprobs),
+            # Alternatives are not computed (logprobs > 0 is refused).
+            "top_logprobs": None,
+            "text_offset": None,
+        }
+
+    def choice(self, index: int, choice: ChoiceSoFar, logprobs: bool) -> dict:
+        return {
+            "index": index,
+            "text": choice.text,
+            "finish_reason": finish_reason_name(choice.finish_reason),
+            "logprobs": self._logprobs(choice.token_ids, choice.logprobs) if logprobs else None,
+        }
+
+    def delta_choice(self, delta: CompletionDelta, logprobs: bool) -> dict:
+        return {
+            "index": delta.index,
+            "text": delta.text,
+            "finish_reason": finish_reason_name(delta.finish_reason),
+            "logprobs": self._logprobs(delta.token_ids, delta.logprobs) if logprobs else None,
+        }
+
+
+class ChatShape(ResponseShape):
+    """/v1/chat/completions: `chat.completion` objects and `chat.completion.chunk` deltas."""
+
+    object_name = "chat.completion"
+    chunk_object_name = "chat.completion.chunk"
+
+    def _logprobs(self, token_ids: list[int], logprobs: list[float]) -> dict:
+        content = []
+        for token_id, logprob in zip(token_ids, logprobs, strict=False):
+            text = self._token_text(token_id)
+            content.append(
+                {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8")), "top_logprobs": []}
+            )
+        return {"content": content}
+
+    def choice(self, index: int, choice: ChoiceSoFar, logprobs: bool) -> dict:
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": choice.text},
+            "finish_reason": finish_reason_name(choice.finish_reason),
+            "logprobs": self._logprobs(choice.token_ids, choice.logprobs) if logprobs else None,
+        }
+
+    def role_choice(self, index: int) -> dict:
+        """The first chunk of each choice: who is speaking."""
+        return {
+            "index": index,
+            "delta": {"role": "assistant", "content": ""},
+            "finish_reason": None,
+            "logprobs": None,
+        }
+
+    def delta_choice(self, delta: CompletionDelta, logprobs: bool) -> dict:
+        return {
+            "index": delta.index,
+            "delta": {"content": delta.text} if delta.text else {},
+            "finish_reason": finish_reason_name(delta.finish_reason),
+            "logprobs": self._logprobs(delta.token_ids, delta.logprobs) if logprobs else None,
+        }

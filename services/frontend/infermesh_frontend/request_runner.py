@@ -1,0 +1,138 @@
+"""The one generation path every API shares: validate, submit, stream deltas, time and trace.
+
+FrontendService (gRPC) and the OpenAI-compatible HTTP API both turn their request into a
+GenerateInput and call RequestRunner.run; only the wire format around it differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from infermesh.v1 import frontend_pb2, scheduler_pb2
+from infermesh_shared.telemetry.request_metrics import RequestMetrics
+
+from infermesh_frontend.completion_output import CompletionDelta
+from infermesh_frontend.generation import Generation, PreparedRequest
+from infermesh_frontend.generation_metrics import GenerationTimer
+from infermesh_frontend.model_info import ModelInfoSource
+from infermesh_frontend.request_error import RequestError
+from infermesh_frontend.request_tracing import RequestTrace
+from infermesh_frontend.sampling_params import InvalidRequestError, SamplingLimits, resolve_sampling_params
+from infermesh_frontend.scheduler_pool import RequestContext, SchedulerPool
+from infermesh_frontend.tokenizer import FrontendTokenizer
+
+
+class RequestRunner:
+    """Tokenizes, submits to a scheduler replica, detokenizes and applies stop strings."""
+
+    def __init__(
+        self,
+        tokenizer: FrontendTokenizer,
+        pool: SchedulerPool,
+        model_info: ModelInfoSource,
+        default_max_tokens: int,
+        max_stop_strings: int,
+        request_timeout_ms: int,
+        failover_max_attempts: int = 3,
+        metrics: RequestMetrics | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.model_info = model_info
+        self._pool = pool
+        self._default_max_tokens = default_max_tokens
+        self._max_stop_strings = max_stop_strings
+        self._request_timeout_ms = request_timeout_ms
+        self._metrics = metrics
+        self._failover_max_attempts = failover_max_attempts
+
+    async def prepare(
+        self, request_input: frontend_pb2.GenerateInput, request_trace: RequestTrace | None = None
+    ) -> PreparedRequest:
+        """Validates `request_input` and turns it into a SubmitRequest; raises RequestError."""
+        request_trace = request_trace or RequestTrace(stream=False, enabled=False)
+        request_id = request_input.request_id or uuid.uuid4().hex
+        prompt_kind = request_input.WhichOneof("prompt")
+        if prompt_kind == "text":
+            if not request_input.text:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty: give non-empty text"
+                )
+            with request_trace.tokenize():
+                prompt_ids = self.tokenizer.encode(request_input.text, add_special_tokens=True)
+        elif prompt_kind == "token_ids":
+            prompt_ids = list(request_input.token_ids.ids)
+        else:
+            prompt_ids = []
+        model = await self.model_info.get()
+        limits = SamplingLimits(self._default_max_tokens, self._max_stop_strings, model.max_model_len)
+        try:
+            sampling = resolve_sampling_params(request_input.sampling, len(prompt_ids), limits)
+        except InvalidRequestError as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+
+        timeout_ms = _effective_timeout_ms(request_input.timeout_ms, self._request_timeout_ms)
+        submit = scheduler_pb2.SubmitRequest(
+            request_id=request_id,
+            prompt_token_ids=prompt_ids,
+            sampling=sampling,
+            priority_class=request_input.priority_class,
+            deadline_unix_ms=int(time.time() * 1000) + timeout_ms if timeout_ms else 0,
+            client_id=request_input.client_id,
+            non_blocking=request_input.non_blocking,
+        )
+        if request_input.HasField("priority"):
+            submit.priority = request_input.priority
+        context = RequestContext(
+            request_id=request_id,
+            prompt_token_ids=prompt_ids,
+            session_id=request_input.session_id,
+            client_id=request_input.client_id,
+        )
+        return PreparedRequest(
+            submit, list(request_input.sampling.stop), context, timeout_ms, self._failover_max_attempts
+        )
+
+    async def run(
+        self, request_input: frontend_pb2.GenerateInput, stream: bool = False
+    ) -> AsyncIterator[CompletionDelta]:
+        """Prepares, runs, times and traces one request; yields its deltas; raises RequestError.
+
+        The request's span is a child of the span current at the first iteration. Closing the
+        iterator early (the client went away) aborts the request at the scheduler.
+        """
+        timer = GenerationTimer(self._metrics)
+        request_trace = RequestTrace(stream)
+        try:
+            prepared = await self.prepare(request_input, request_trace)
+            request_trace.prepared(prepared.submit)
+            generation = Generation(self._pool, prepared, self.tokenizer.decode, request_trace)
+            async with contextlib.aclosing(generation.stream()) as deltas:
+                async for delta in deltas:
+                    timer.tokens_arrived(len(delta.token_ids))
+                    request_trace.tokens_received(len(delta.token_ids))
+                    if delta.usage is not None:
+                        timer.finished(delta.usage)
+                        reasons = [output.finish_reason for output in generation.outputs]
+                        request_trace.end(grpc.StatusCode.OK, usage=delta.usage, finish_reasons=reasons)
+                    yield delta
+        except RequestError as error:
+            timer.failed(error.code)
+            request_trace.end(error.code, error.message)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            timer.failed(grpc.StatusCode.CANCELLED)
+            request_trace.end(grpc.StatusCode.CANCELLED, "the client went away")
+            raise
+        finally:
+            # A no-op once ended above; else the generator failed in a way not caught here.
+            request_trace.end(grpc.StatusCode.UNKNOWN, "the request ended without a result")
+
+
+def _effective_timeout_ms(request_timeout_ms: int, service_timeout_ms: int) -> int:
+    """The request's own timeout, else the service's request_timeout_ms; 0 means none."""
+    return request_timeout_ms if request_timeout_ms > 0 else service_timeout_ms
