@@ -1,0 +1,268 @@
+"""The OpenAI HTTP API in front of a fake scheduler (in this process): status mapping of scheduler
+errors, request refusals, n > 1 and logprobs shapes, chat streaming, and traceparent continuation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import openai
+import pytest
+from infermesh.v1 import common_pb2
+from infermesh_cli.demo_tokenizer import build_demo_tokenizer, write_tokenizer_files
+from infermesh_frontend.server import FrontendServer, FrontendSettings
+from infermesh_frontend.tokenizer import FrontendTokenizer
+from infermesh_shared.telemetry import flush_tracing, init_tracing, shutdown_tracing
+from infermesh_shared.telemetry import semconv as sc
+
+from tests.frontend.fake_scheduler import FakeScheduler, LoopThread, start_fake_scheduler
+from tests.telemetry.otlp_collector import OtlpCollector
+
+VOCAB_SIZE = 512
+MAX_MODEL_LEN = 64
+OUTPUT_TEXT = "Hello world! The answer is 42."
+MODEL = "fake-model"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_SPAN_ID = "00f067aa0ba902b7"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("http-fake-model")
+    write_tokenizer_files(out, build_demo_tokenizer(VOCAB_SIZE))
+    return out
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="module")
+def fake_server(loop: LoopThread) -> Iterator[tuple[FakeScheduler, str]]:
+    fake = FakeScheduler(VOCAB_SIZE, MAX_MODEL_LEN)
+    server, port = loop.run(start_fake_scheduler(fake))
+    yield fake, f"127.0.0.1:{port}"
+    loop.run(server.stop(0))
+
+
+def _start_frontend(loop: LoopThread, model_dir: Path, addresses: list[str]) -> FrontendServer:
+    async def start() -> FrontendServer:
+        settings = FrontendSettings(
+            model_path=str(model_dir),
+            scheduler_addresses=addresses,
+            http_port=_free_port(),
+            default_max_tokens=16,
+            health_check_interval_ms=100,
+        )
+        server = FrontendServer(settings)
+        await server.start()
+        return server
+
+    return loop.run(start())
+
+
+@pytest.fixture(scope="module")
+def base_url(loop: LoopThread, model_dir: Path, fake_server: tuple[FakeScheduler, str]) -> Iterator[str]:
+    server = _start_frontend(loop, model_dir, [fake_server[1]])
+    assert server.http_server is not None
+    yield f"http://127.0.0.1:{server.http_server.port}/v1"
+    loop.run(server.stop(0))
+
+
+@pytest.fixture
+def fake(fake_server: tuple[FakeScheduler, str], model_dir: Path) -> FakeScheduler:
+    scheduler, _ = fake_server
+    tokenizer = FrontendTokenizer.from_model_path(model_dir)
+    scheduler.tokens = tokenizer.encode(OUTPUT_TEXT, add_special_tokens=False)
+    scheduler.tokens_by_index = {}
+    scheduler.delay_s = 0.0
+    scheduler.endless = False
+    scheduler.error = None
+    scheduler.finish_reason = common_pb2.FINISH_REASON_LENGTH
+    scheduler.submits.clear()
+    scheduler.aborts.clear()
+    return scheduler
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=20) as client:
+        yield client
+
+
+def _post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        (grpc.StatusCode.UNAVAILABLE, 503),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    ],
+)
+def test_scheduler_status_becomes_http_status(base_url: str, fake: FakeScheduler, code, status: int) -> None:
+    fake.error = (code, "the scheduler says no")
+    for stream in (False, True):
+        got, body = _post(f"{base_url}/completions", {"model": MODEL, "prompt": "Hi", "stream": stream})
+        assert got == status
+        assert body["error"]["message"] == "the scheduler says no"
+        assert body["error"]["code"] == code.name.lower()
+
+
+def test_no_scheduler_is_503(loop: LoopThread, model_dir: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    server = _start_frontend(loop, model_dir, [dead])
+    try:
+        assert server.http_server is not None
+        url = f"http://127.0.0.1:{server.http_server.port}/v1/completions"
+        status, body = _post(url, {"model": MODEL, "prompt": "Hi"})
+        assert status == 503
+        assert "no scheduler replica is reachable" in body["error"]["message"]
+    finally:
+        loop.run(server.stop(0))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("frequency_penalty", 1.0, "not supported"),
+        ("logprobs", 2, "alternatives"),
+        ("best_of", 3, "not supported"),
+        ("logit_bias", {"5": 1}, "not supported"),
+        ("prompt", ["a", "b"], "one request per prompt"),
+        ("prompt", [], "non-empty"),
+        ("temperature", "hot", "must be a number"),
+        ("stop", 5, "string or a list"),
+        ("tools", [], "unsupported field"),
+        ("top_p", 0, "top_p must be in (0, 1]"),
+        ("max_tokens", 0, "max_tokens must be >= 1"),
+    ],
+)
+def test_refused_fields_are_400_naming_them(
+    base_url: str, fake: FakeScheduler, field: str, value, words: str
+) -> None:
+    status, body = _post(f"{base_url}/completions", {"model": MODEL, "prompt": "Hi", field: value})
+    assert status == 400
+    assert words in body["error"]["message"]
+    assert not fake.submits
+
+
+def test_chat_refusals(base_url: str, fake: FakeScheduler) -> None:
+    url = f"{base_url}/chat/completions"
+    status, body = _post(url, {"model": MODEL, "messages": []})
+    assert (status, body["error"]["param"]) == (400, "messages")
+    status, body = _post(
+        url, {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
+    )
+    assert (status, body["error"]["param"]) == (400, "messages[0].content")
+    status, body = _post(
+        url, {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}
+    )
+    assert (status, body["error"]["param"]) == (400, "top_logprobs")
+    assert not fake.submits
+
+
+def test_sampling_fields_reach_the_scheduler(client: openai.OpenAI, fake: FakeScheduler) -> None:
+    client.completions.create(
+        model=MODEL,
+        prompt="Hi",
+        max_tokens=8,
+        temperature=0.5,
+        top_p=0.9,
+        seed=11,
+        user="alice",
+        extra_body={"top_k": 5, "min_p": 0.1, "ignore_eos": True, "priority": 3},
+    )
+    submit = fake.submits[-1]
+    sampling = submit.sampling
+    assert (sampling.max_tokens, sampling.top_k, sampling.seed, sampling.ignore_eos) == (8, 5, 11, True)
+    assert sampling.temperature == pytest.approx(0.5)
+    assert sampling.top_p == pytest.approx(0.9)
+    assert sampling.min_p == pytest.approx(0.1)
+    assert (submit.client_id, submit.priority) == ("alice", 3)
+
+
+def test_n_choices_and_logprobs(client: openai.OpenAI, fake: FakeScheduler) -> None:
+    fake.tokens_by_index = {1: fake.tokens[:3]}
+    completion = client.completions.create(model=MODEL, prompt="Hi", n=2, logprobs=0, max_tokens=30)
+    first, second = completion.choices
+    assert first.text == OUTPUT_TEXT
+    assert second.text and OUTPUT_TEXT.startswith(second.text) and second.text != OUTPUT_TEXT
+    assert first.logprobs.token_logprobs == [-0.5] * len(fake.tokens)
+    assert "".join(first.logprobs.tokens) == OUTPUT_TEXT
+    assert completion.usage.completion_tokens == len(fake.tokens) + 3
+
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], n=2, logprobs=True, max_tokens=30
+    )
+    assert [c.message.content for c in chat.choices] == [first.text, second.text]
+    assert [entry.logprob for entry in chat.choices[1].logprobs.content] == [-0.5] * 3
+
+
+def test_chat_stream_has_a_role_chunk_per_choice(client: openai.OpenAI, fake: FakeScheduler) -> None:
+    fake.tokens_by_index = {1: fake.tokens[:3]}
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Hi"}],
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=30,
+        )
+    )
+    assert [(c.index, c.delta.role) for c in chunks[0].choices] == [(0, "assistant"), (1, "assistant")]
+    texts = {0: "", 1: ""}
+    for chunk in chunks[1:-1]:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts[0] == OUTPUT_TEXT
+    assert OUTPUT_TEXT.startswith(texts[1]) and len(texts[1]) < len(OUTPUT_TEXT)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(fake.tokens) + 3
+
+
+def test_traceparent_is_continued(base_url: str, fake: FakeScheduler) -> None:
+    collector = OtlpCollector()
+    init_tracing("http-test", "otlp_grpc", collector.endpoint, 1.0)
+    try:
+        traceparent = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
+        status, _ = _post(
+            f"{base_url}/completions", {"model": MODEL, "prompt": "Hi"}, headers={"traceparent": traceparent}
+        )
+        assert status == 200
+        flush_tracing()
+        request_span = collector.wait_for_span(
+            lambda s: s.trace_id == TRACE_ID and s.name == sc.SPAN_FRONTEND_REQUEST
+        )
+        http_span = collector.tree(TRACE_ID).parent_of(request_span)
+        assert http_span is not None and http_span.name == "POST /v1/completions"
+        assert http_span.parent_span_id == PARENT_SPAN_ID
+    finally:
+        shutdown_tracing()
+        collector.stop()
