@@ -19,7 +19,7 @@ RUN pip install grpcio-tools \
  && useradd --system --no-create-home infermesh
 
 USER infermesh
-# gRPC API, Prometheus /metrics.
-EXPOSE 50050 9100
+# gRPC API, OpenAI-compatible HTTP API, Prometheus /metrics.
+EXPOSE 50050 8000 9100
 # The compose file and the k8s manifests give the whole command line.
 CMD ["infermesh-frontend", "--host", "0.0.0.0", "--port", "50050", "--model-path", "/models/model"]
