@@ -4,6 +4,10 @@ Each KV slot stores the token id computed at that position. Before sampling, the
 the sequence's whole history back through its block table and asserts it matches the tokens:
 a wrong block table, a missed copy-on-write, a bad swap or a wrong prefix-cache hit all show up.
 The sampled token is a hash of that history, so a wrong recompute changes later outputs.
+
+With samples_itself=False it plays a rank that does not sample (an earlier pipeline stage): it
+never appends the tokens it computes, only those the scheduler tells it in later plans'
+sampled_tokens, so a token the scheduler forgets to tell shows up as "scheduled past its known tokens".
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class SimulatedWorker:
     num_blocks: int
     num_cpu_blocks: int = 0
     vocab_size: int = 50
+    samples_itself: bool = True
     seqs: dict[int, _WorkerSeq] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -51,6 +56,8 @@ class SimulatedWorker:
             self.device[move.dst] = list(self.cpu[move.src])
         for move in plan.copy:
             self.device[move.dst] = list(self.device[move.src])
+        if not self.samples_itself:
+            assert plan.tokens_in_later_plans, "a rank that does not sample needs the tokens in later plans"
         work: list[tuple[int, int]] = []
         for new in plan.new_sequences:
             assert new.seq_id not in self.seqs, f"NewSequence {new.seq_id} already held by the worker"
@@ -60,6 +67,11 @@ class SimulatedWorker:
                 list(new.token_ids), list(new.block_ids), new.num_computed_tokens
             )
             work.append((new.seq_id, new.num_scheduled_tokens))
+        for told in plan.sampled_tokens:
+            known = self.seqs.get(told.seq_id)
+            # Idempotent by position: only a rank that lacks the token (computed == known) appends it.
+            if known is not None and len(known.token_ids) == known.num_computed:
+                known.token_ids.append(told.token_id)
         for run in plan.running_sequences:
             state = self.seqs[run.seq_id]
             assert state.num_computed == run.num_computed_tokens, (
@@ -82,6 +94,7 @@ class SimulatedWorker:
                 kv = [self.device[state.block_ids[p // bs]][p % bs] for p in range(end)]
                 assert kv == state.token_ids, f"seq {sid}: KV read through the block table is wrong"
                 token = self.next_token(state.token_ids)
-                state.token_ids.append(token)
+                if self.samples_itself:
+                    state.token_ids.append(token)
                 sampled.append(SampledToken(sid, token, -0.5))
         return sampled

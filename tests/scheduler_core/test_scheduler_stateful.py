@@ -1,5 +1,10 @@
 """Hypothesis drives the scheduler through random arrivals, aborts, steps, worker resets and
-tiny pools, checking the block bookkeeping after every rule and the outputs at the end."""
+tiny pools, checking the block bookkeeping after every rule and the outputs at the end.
+
+With max_inflight_plans K > 1 up to K plans are outstanding: the simulated workers run each plan
+when it is scheduled (workers run plans in order) and its update() comes later, oldest first, so
+aborts, deadlines, preemption and resets all happen with plans in flight. A second simulated
+worker plays a non-sampling pipeline stage that learns tokens only from later plans."""
 
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         chunk_size=st.integers(1, 16),
         max_queue_size=st.integers(1, 8),
         overflow=st.sampled_from(["block", "drop_newest", "drop_oldest"]),
+        max_inflight_plans=st.sampled_from([1, 2, 3]),
     )
     def setup(self, block_size, num_blocks, cache_blocks, threshold, enable_swap, num_cpu_blocks, **kw):
         self.config = make_config(
@@ -56,6 +62,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.clock_now = 1000.0
         self.sched = Scheduler(self.config, clock=lambda: self.clock_now, wall_clock=lambda: 5000.0)
         self.worker = SimulatedWorker(block_size, num_blocks, self.config.num_cpu_blocks)
+        self.stage0 = None
+        if self.config.max_inflight_plans > 1:
+            self.stage0 = SimulatedWorker(
+                block_size, num_blocks, self.config.num_cpu_blocks, samples_itself=False
+            )
+        self.pending = []  # (plan, sampled tokens) run by the workers, update() not applied yet
+        self.mid_step = False
         self.next_id = 0
         self.specs = {}
         self.live: set[str] = set()
@@ -136,9 +149,23 @@ class SchedulerMachine(RuleBasedStateMachine):
         self._take(outputs)
         assert self.sched.abort_request(rid) == []
 
+    def _complete_oldest(self):
+        plan, sampled = self.pending.pop(0)
+        self._take(self.sched.update(plan, sampled))
+
+    @precondition(lambda self: self.pending)
+    @rule()
+    def complete(self):
+        self._complete_oldest()
+
     @rule()
     def step(self):
         self.clock_now += 0.01
+        if len(self.pending) >= self.config.max_inflight_plans:
+            self._complete_oldest()
+            self.last_plan_did_work = True
+            return
+        self.mid_step = True
         plan = self.sched.schedule()
         cfg = self.config
         assert plan.num_scheduled_tokens() <= cfg.max_tokens_per_step
@@ -148,10 +175,21 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert len(ids) == len(set(ids))
         assert not (plan.swap_in and plan.swap_out)
         self._check_admission_order(plan)
-        self.last_plan_did_work = not plan.is_empty()
+        in_flight = {s.seq_id for p, _ in self.pending for s in p.running_sequences + p.new_sequences}
+        assert not in_flight & set(ids), "a sequence was scheduled while an earlier plan held it"
+        self.last_plan_did_work = not plan.is_empty() or bool(self.pending)
         self.sched.record_step_time(plan, 0.001 + 0.0001 * plan.num_scheduled_tokens())
-        outputs = self.sched.update(plan, self.worker.execute(plan))
-        self._take(outputs)
+        if plan.is_empty() and self.pending:
+            assert self.sched.update(plan, []) == []  # nothing ran: not an outstanding plan
+            self._complete_oldest()
+        else:
+            sampled = self.worker.execute(plan)
+            if self.stage0 is not None:
+                self.stage0.execute(plan)
+            self.pending.append((plan, sampled))
+            if self.config.max_inflight_plans == 1:
+                self._complete_oldest()
+        self.mid_step = False
 
     def _check_admission_order(self, plan) -> None:
         req_of = {
@@ -181,17 +219,22 @@ class SchedulerMachine(RuleBasedStateMachine):
     def worker_restart(self):
         self.sched.reset_worker_state()
         self.worker.reset()
+        if self.stage0 is not None:
+            self.stage0.reset()
+        for plan, _ in self.pending:
+            assert self.sched.update(plan, []) == []  # void: run before the reset
+        self.pending = []
 
     @invariant()
     def consistent(self):
         self.sched.check_invariants()
 
     def teardown(self):
-        if self.sched._inflight is not None:
+        if self.mid_step:
             return  # a rule already failed mid-step; draining would only hide its error
         idle_plans = 0
         for _ in range(3000):
-            if not self.sched.has_work() or idle_plans > 50:
+            if (not self.sched.has_work() and not self.pending) or idle_plans > 50:
                 break
             self.step()
             idle_plans = 0 if self.last_plan_did_work else idle_plans + 1

@@ -56,6 +56,11 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
         self._poison_token = poison_token
         self._step_delay_s = step_delay_s
         self._lock = threading.Lock()
+        # Pipelined plans are applied in their previous_step_id chain, as a real worker does.
+        self._order = threading.Condition(self._lock)
+        self._last_step = 0
+        self._executing = 0
+        self._most_executing = 0
         self._seqs: dict[int, FakeSequence] = {}
         self._vocab_size = 0
         self._block_size = 0
@@ -92,17 +97,42 @@ class FakeWorker(worker_pb2_grpc.WorkerServiceServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "more blocks than announced")
         with self._lock:
             self._num_blocks = request.num_blocks
+            self._last_step = 0
         return worker_pb2.InitKVCacheResponse()
 
     def Reset(self, request, context):
         with self._lock:
             self._seqs.clear()
+            self._last_step = 0
+            self._order.notify_all()
         return worker_pb2.ResetResponse()
 
     def Execute(self, request, context):
+        with self._lock:
+            self._executing += 1
+            if self._executing > self._most_executing:
+                self._most_executing = self._executing
+                # Tests read this to see that the scheduler keeps several plans in flight.
+                print(f"executes in flight: {self._executing}", flush=True)
+        try:
+            return self._execute(request, context)
+        finally:
+            with self._lock:
+                self._executing -= 1
+
+    def _execute(self, request, context):
         if self._step_delay_s:
             time.sleep(self._step_delay_s)
         with self._lock:
+            plan = request.plan
+            if plan.previous_step_id:
+                waited_until = time.monotonic() + 30.0
+                while self._last_step != plan.previous_step_id and time.monotonic() < waited_until:
+                    if not context.is_active():
+                        context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+                    self._order.wait(0.1)
+            self._last_step = plan.step_id
+            self._order.notify_all()
             try:
                 tokens = self._apply(request.plan)
             except PlanError as err:

@@ -3,6 +3,10 @@
 Every change to the core Scheduler happens on the event loop. Aborts apply at once (the core
 ignores the in-flight step's token for an ended sequence); resets after a worker failure and
 failing requests when the group is down are applied between steps.
+
+With pipeline parallelism the core allows max_inflight_plans (= pp_size) outstanding plans: the
+loop keeps that many Execute calls running, one micro-batch per stage, and applies their results
+in plan order. A failed step voids every outstanding plan (the group's KV state is gone).
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from infermesh_shared.telemetry import activate_span
@@ -48,6 +54,16 @@ class EngineSettings:
     group_recovery_timeout_s: float
 
 
+@dataclass(slots=True)
+class _PlanInFlight:
+    """A plan sent to the worker group whose results are not applied yet."""
+
+    plan: StepPlan
+    task: asyncio.Task
+    started: float  # time.perf_counter() when it was sent
+    span: Any  # the step's tracing span, None unless traced
+
+
 def status_of_error(error: AdmissionError) -> tuple[grpc.StatusCode, str]:
     """The gRPC status for a request the core ended itself (its error names a status code)."""
     return getattr(grpc.StatusCode, error.code.upper(), grpc.StatusCode.INTERNAL), error.message
@@ -81,6 +97,10 @@ class EngineLoop:
         self._resets_seen = 0
         self._failed_steps_in_a_row = 0
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: deque[_PlanInFlight] = deque()
+        self._last_step_done = 0.0
+        # Most plans ever outstanding at once (pipelining at work when > 1).
+        self.max_plans_in_flight = 0
 
     # ----- wiring with the worker group -------------------------------------------------
     def on_group_ready(self, num_blocks: int, num_cpu_blocks: int) -> None:
@@ -116,6 +136,7 @@ class EngineLoop:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        self._void_in_flight()
         self._fail_all(
             grpc.StatusCode.UNAVAILABLE, "the scheduler is shutting down; retry on another replica"
         )
@@ -255,6 +276,7 @@ class EngineLoop:
             return
         if self._group.failures != self._resets_seen:
             self._resets_seen = self._group.failures
+            self._void_in_flight()
             scheduler.reset_worker_state()
             logger.warning("worker group lost its KV cache: every live sequence will be recomputed")
         if self._group.state in _REFUSING and self._streams:
@@ -279,6 +301,7 @@ class EngineLoop:
                 raise
             except Exception as err:  # a bug must not silently kill the loop: fail loudly, go on
                 logger.exception("engine loop error; failing live requests and rebuilding worker state")
+                self._void_in_flight()
                 self._fail_all(
                     grpc.StatusCode.INTERNAL, f"scheduler internal error: {err!r}; retry the request"
                 )
@@ -293,32 +316,63 @@ class EngineLoop:
         self._between_steps()
         scheduler = self._scheduler
         if scheduler is None or self._group.state is not GroupState.READY:
+            self._void_in_flight()  # the group broke: they fail or their results are void
             await self._sleep_until_woken(_DEADLINE_POLL_S if self._streams else None)
             return
-        if not scheduler.has_work():
+        if not scheduler.has_work() and not self._in_flight:
             self._on_load_change()
             await self._sleep_until_woken(None)
             return
-        plan = scheduler.schedule()
-        if plan.is_empty():
-            # Work exists but nothing fits this step (e.g. no free block): wait for a change.
-            scheduler.update(plan, [])
-            await self._sleep_until_woken(self._settings.idle_sleep_s)
+        while len(self._in_flight) < scheduler.config.max_inflight_plans and scheduler.has_work():
+            plan = scheduler.schedule()
+            if plan.is_empty():
+                # Nothing fits (no free block) or everything runnable is in flight already.
+                scheduler.update(plan, [])
+                break
+            self._send(scheduler, plan)
+        if not self._in_flight:
+            await self._sleep_until_woken(self._settings.idle_sleep_s)  # wait for a change
             return
-        await self._step(scheduler, plan)
+        await self._finish_oldest(scheduler)
 
-    async def _step(self, scheduler: Scheduler, plan: StepPlan) -> None:
+    def _send(self, scheduler: Scheduler, plan: StepPlan) -> None:
         telemetry = self._telemetry
         # The step's span (None unless traced) is current around Execute: worker spans are its children.
         step_span = telemetry.step_started(scheduler, plan) if telemetry is not None else None
-        started = time.perf_counter()
+        with activate_span(step_span):  # the task copies the current context, span included
+            task = asyncio.create_task(
+                self._group.execute(plan_to_proto(plan)), name=f"execute-step-{plan.step_id}"
+            )
+        self._in_flight.append(_PlanInFlight(plan, task, time.perf_counter(), step_span))
+        self.max_plans_in_flight = max(self.max_plans_in_flight, len(self._in_flight))
+
+    def _void_in_flight(self) -> None:
+        """Drops every outstanding plan: the group failed, so their results can no longer be applied."""
+        while self._in_flight:
+            entry = self._in_flight.popleft()
+            if entry.task.done():
+                if not entry.task.cancelled():
+                    entry.task.exception()  # retrieved: it failed with the group or is void anyway
+            else:
+                entry.task.cancel()
+            if self._telemetry is not None:
+                self._telemetry.step_ended(
+                    entry.span, time.perf_counter() - entry.started, "voided by a worker group failure"
+                )
+
+    async def _finish_oldest(self, scheduler: Scheduler) -> None:
+        """Waits for the oldest outstanding plan and applies its tokens (results apply in plan order)."""
+        telemetry = self._telemetry
+        entry = self._in_flight[0]
+        plan, started, step_span = entry.plan, entry.started, entry.span
         try:
-            with activate_span(step_span):
-                sampled = tokens_from_proto(await self._group.execute(plan_to_proto(plan)))
+            sampled = tokens_from_proto(await entry.task)
         except WorkerGroupFailure as failure:
+            self._in_flight.popleft()
             if telemetry is not None:
                 telemetry.step_ended(step_span, time.perf_counter() - started, str(failure))
             logger.warning("step %d not run: %s", plan.step_id, failure)
+            self._void_in_flight()
             scheduler.reset_worker_state()
             self._resets_seen = self._group.failures
             self._failed_steps_in_a_row += 1
@@ -332,11 +386,16 @@ class EngineLoop:
                     f"request; last error: {failure}",
                 )
             return
+        self._in_flight.popleft()
         self._failed_steps_in_a_row = 0
         outputs = scheduler.update(plan, sampled)
-        scheduler.record_step_time(plan, time.perf_counter() - started)
+        done = time.perf_counter()
+        # Pipelined, a plan also waits for the ones before it: the step's own time starts when
+        # the previous one finished (or when it was sent, if later).
+        scheduler.record_step_time(plan, done - max(started, self._last_step_done))
+        self._last_step_done = done
         if telemetry is not None:
-            telemetry.step_ended(step_span, time.perf_counter() - started)
+            telemetry.step_ended(step_span, done - started)
         self._route(outputs)
         if self._room_waiters and scheduler.has_queue_room():
             self._signal_room()

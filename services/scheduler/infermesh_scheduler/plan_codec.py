@@ -67,6 +67,10 @@ def plan_to_proto(plan: StepPlan) -> worker_pb2.StepPlan:
         swap_out=_moves(plan.swap_out),
         swap_in=_moves(plan.swap_in),
         copy=_moves(plan.copy),
+        sampled_tokens=[
+            worker_pb2.SampledToken(seq_id=t.seq_id, token_id=t.token_id) for t in plan.sampled_tokens
+        ],
+        tokens_in_later_plans=plan.tokens_in_later_plans,
     )
 
 

@@ -144,6 +144,8 @@ class WorkerGroup:
         self.state = GroupState.WAITING_FOR_WORKERS
         # Number of times the group lost its members' KV state; the engine resets the core on change.
         self.failures = 0
+        # step_id of the last pipelined plan sent to the current formation (0: none since it formed).
+        self._last_sent_step = 0
         self.num_blocks = 0
         self.num_cpu_blocks = 0
         self.last_ok = time.monotonic()
@@ -308,6 +310,7 @@ class WorkerGroup:
             await self._after_failed_form(previous, err)
             return
         self.num_blocks = num_blocks
+        self._last_sent_step = 0  # every member was Reset or loaded afresh: a new chain of plans
         self.state = GroupState.READY
         self.last_ok = time.monotonic()
         if self._recovery_task is not None:
@@ -395,10 +398,18 @@ class WorkerGroup:
 
     # ----- stepping -----------------------------------------------------------------------
     async def execute(self, plan: worker_pb2.StepPlan) -> worker_pb2.ExecuteResponse:
-        """Runs one plan on every member; the answer of the last stage's tp_rank 0 carries the tokens."""
+        """Runs one plan on every member; the answer of the last stage's tp_rank 0 carries the tokens.
+
+        Pipelined plans (tokens_in_later_plans) may be executed concurrently: they are chained by
+        previous_step_id in the order of these calls, which every worker then follows.
+        """
         if self.state is not GroupState.READY:
             raise WorkerGroupFailure(f"worker group is {self.state.value}")
         members = self._members
+        if plan.tokens_in_later_plans:
+            # Several Execute calls are in flight and may reach a worker out of order: chain them.
+            plan.previous_step_id = self._last_sent_step
+            self._last_sent_step = plan.step_id
         request = worker_pb2.ExecuteRequest(plan=plan)
         timeout = self._settings.worker_timeout_s
         try:

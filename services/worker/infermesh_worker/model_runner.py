@@ -258,12 +258,17 @@ class ModelRunner:
             self.sequences[new.seq_id] = state
             if new.num_scheduled_tokens:
                 scheduled.append((state, new.num_scheduled_tokens))
+        for told in plan.sampled_tokens:
+            state = self.sequences.get(told.seq_id)
+            if state is not None and _lacks_next_token(state):
+                state.token_ids.append(told.token_id)
+                state.num_output_tokens += 1
         for running in plan.running_sequences:
             state = self.sequences[running.seq_id]
             state.block_table.extend(running.new_block_ids)
             if running.num_scheduled_tokens:
                 scheduled.append((state, running.num_scheduled_tokens))
-        return self._run(scheduled) if scheduled else []
+        return self._run(scheduled, plan.tokens_in_later_plans) if scheduled else []
 
     def _new_state(self, new: worker_pb2.NewSequence) -> SequenceState:
         sampling = new.sampling
@@ -290,6 +295,13 @@ class ModelRunner:
         self.kv_cache.check_moves("swap_in", [(m.src, m.dst) for m in plan.swap_in])
         self.kv_cache.check_moves("copy", [(m.src, m.dst) for m in plan.copy])
         finished = set(plan.finished_seq_ids)
+        told: set[int] = set()
+        for token in plan.sampled_tokens:
+            if token.token_id >= vocab:
+                raise InvalidArgumentError(
+                    f"sampled token {token.token_id} of sequence {token.seq_id} >= vocab_size {vocab}"
+                )
+            told.add(token.seq_id)
         seen: set[int] = set()
         for new in plan.new_sequences:
             if new.seq_id in seen:
@@ -332,9 +344,11 @@ class ModelRunner:
                     f"computed tokens on this worker but the scheduler says {running.num_computed_tokens}; "
                     "the scheduler and worker disagree - reset the worker and resend the sequence in full"
                 )
+            # A token told in this plan is appended before the step runs.
+            learned = 1 if running.seq_id in told and _lacks_next_token(state) else 0
             self._check_chunk(
                 running.seq_id,
-                len(state.token_ids),
+                len(state.token_ids) + learned,
                 state.block_table + list(running.new_block_ids),
                 running.num_computed_tokens,
                 running.num_scheduled_tokens,
@@ -363,7 +377,9 @@ class ModelRunner:
             raise InvalidArgumentError(f"sequence {seq_id}: block id {bad[0]} >= num_blocks {num_blocks}")
 
     @torch.inference_mode()
-    def _run(self, scheduled: list[tuple[SequenceState, int]]) -> list[SampledToken]:
+    def _run(
+        self, scheduled: list[tuple[SequenceState, int]], tokens_in_later_plans: bool
+    ) -> list[SampledToken]:
         input_ids: list[int] = []
         positions: list[int] = []
         chunks: list[ScheduledChunk] = []
@@ -391,7 +407,10 @@ class ModelRunner:
             logits = self.model.compute_logits(hidden[rows])
             if self.parallel.is_sampling_rank:
                 token_ids, logprobs = self.sampler.sample(logits, [s.sampling_row() for s in samplers])
-        if samplers:
+        # Pipelined plans: other ranks learn the tokens from a later plan; a broadcast here would
+        # make every stage wait for the last one.
+        learns_now = self.parallel.is_sampling_rank or not tokens_in_later_plans
+        if samplers and not tokens_in_later_plans:
             token_ids = self.parallel.broadcast_from_sampling_rank(token_ids)
 
         for state, count in scheduled:
@@ -400,11 +419,18 @@ class ModelRunner:
         lps = logprobs.tolist()
         result: list[SampledToken] = []
         for state, token, lp in zip(samplers, sampled, lps, strict=True):
+            if not learns_now:
+                continue
             state.token_ids.append(token)
             state.num_output_tokens += 1
             if self.parallel.is_sampling_rank:
                 result.append(SampledToken(state.seq_id, token, lp if state.want_logprobs else 0.0))
         return result
+
+
+def _lacks_next_token(state: SequenceState) -> bool:
+    """Every known token is computed: the next one was sampled elsewhere and is not known here yet."""
+    return state.num_computed_tokens == len(state.token_ids)
 
 
 def attention_backends(device: torch.device, enable_flash_attn: bool) -> Callable[[], AbstractContextManager]:

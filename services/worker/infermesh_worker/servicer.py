@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,14 +19,23 @@ from infermesh_worker.model_runner import LoadSpec, ModelRunner
 logger = logging.getLogger(__name__)
 
 
+# How often a pipelined Execute waiting for its predecessor checks that its caller is still there (s).
+_ORDER_POLL_S = 0.2
+
+
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """All torch work runs on one thread, in arrival order, so steps never overlap and every rank
-    issues its collectives in the same order."""
+    issues its collectives in the same order. Pipelined plans (several Execute calls in flight)
+    name their predecessor (previous_step_id) and are queued on that thread in that chain order,
+    whatever order their calls arrive in."""
 
     def __init__(self, runner: ModelRunner, metrics: WorkerMetrics | None = None) -> None:
         self.runner = runner
         self.metrics = metrics
         self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        # step_id of the last plan queued on the torch thread (0 after LoadModel, InitKVCache, Reset).
+        self._order = threading.Condition()
+        self._last_step = 0
 
     def close(self, timeout_s: float = 5.0) -> bool:
         """Leaves the process group and stops the torch thread; False when the thread is still busy
@@ -38,9 +48,35 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             return False
         return True
 
-    def _call(self, context: grpc.ServicerContext, what: str, fn, *args) -> Any:
+    def _restart_chain(self) -> None:
+        with self._order:
+            self._last_step = 0
+            self._order.notify_all()
+
+    def _queue_step(self, context: grpc.ServicerContext, plan: worker_pb2.StepPlan):
+        """Queues the plan on the torch thread right after its predecessor; returns the future."""
+        with self._order:
+            if plan.previous_step_id:
+                waited_until = time.monotonic() + self.runner.dist_timeout_s
+                while self._last_step != plan.previous_step_id:
+                    if not context.is_active():
+                        context.abort(grpc.StatusCode.CANCELLED, f"step {plan.step_id} was cancelled")
+                    if time.monotonic() > waited_until:
+                        context.abort(
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            f"step {plan.step_id} follows step {plan.previous_step_id}, which never arrived "
+                            f"(last step queued: {self._last_step}); reset the worker and resend",
+                        )
+                    self._order.wait(_ORDER_POLL_S)
+            future = self._torch_thread.submit(self.runner.execute, plan)
+            self._last_step = plan.step_id
+            self._order.notify_all()
+        return future
+
+    def _call(self, context: grpc.ServicerContext, what: str, fn, *args, queued=None) -> Any:
         try:
-            return self._torch_thread.submit(fn, *args).result()
+            future = queued if queued is not None else self._torch_thread.submit(fn, *args)
+            return future.result()
         except WorkerError as exc:
             logger.warning("%s failed: %s", what, exc)
             context.abort(exc.code, str(exc))
@@ -75,6 +111,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             spec.pp_rank,
             spec.pp_size,
         )
+        self._restart_chain()
         result = self._call(context, "LoadModel", self.runner.load_model, spec)
         logger.info("model loaded: %d KV blocks of %d bytes fit", result.max_num_blocks, result.block_bytes)
         return worker_pb2.LoadModelResponse(
@@ -82,6 +119,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
 
     def InitKVCache(self, request: worker_pb2.InitKVCacheRequest, context) -> worker_pb2.InitKVCacheResponse:
+        self._restart_chain()
         self._call(
             context, "InitKVCache", self.runner.init_kv_cache, request.num_blocks, request.num_cpu_blocks
         )
@@ -92,7 +130,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     def Execute(self, request: worker_pb2.ExecuteRequest, context) -> worker_pb2.ExecuteResponse:
         start = time.perf_counter()
-        result = self._call(context, "Execute", self.runner.execute, request.plan)
+        queued = self._queue_step(context, request.plan)
+        result = self._call(context, "Execute", self.runner.execute, request.plan, queued=queued)
         if self.metrics is not None:
             self.metrics.step_seconds.observe(time.perf_counter() - start)
             plan = request.plan
@@ -120,5 +159,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
 
     def Reset(self, request: worker_pb2.ResetRequest, context) -> worker_pb2.ResetResponse:
+        self._restart_chain()
         self._call(context, "Reset", self.runner.reset)
         return worker_pb2.ResetResponse()

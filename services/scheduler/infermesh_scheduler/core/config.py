@@ -41,6 +41,9 @@ class SchedulerCoreConfig:
     min_deadline_s: float = 0.5
     # Token ids must be below this; 0 skips the check.
     vocab_size: int = 0
+    # Plans that may be outstanding (scheduled, update() not yet applied) at once: pp_size, so
+    # every pipeline stage has a micro-batch. 1 makes schedule() and update() strictly alternate.
+    max_inflight_plans: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,6 +71,7 @@ class SchedulerCoreConfig:
                 f"chunked_prefill must be one of {CHUNKED_PREFILL_MODES}, got {self.chunked_prefill!r}",
             ),
             (self.chunk_size > 0, "chunk_size must be > 0"),
+            (self.max_inflight_plans > 0, "max_inflight_plans must be > 0"),
             (
                 0 < self.min_chunk_size <= self.max_chunk_size,
                 "min_chunk_size must be > 0 and <= max_chunk_size",
@@ -98,7 +102,14 @@ class SchedulerCoreConfig:
         max_model_len 0 means the model's max_position_embeddings; a larger value is capped by it.
         """
         values: dict[str, Any] = {}
-        skip = {"num_blocks", "num_cpu_blocks", "eos_token_ids", "max_model_len", "vocab_size"}
+        skip = {
+            "num_blocks",
+            "num_cpu_blocks",
+            "eos_token_ids",
+            "max_model_len",
+            "vocab_size",
+            "max_inflight_plans",
+        }
         for f in fields(cls):
             if f.name in skip:
                 continue
@@ -117,5 +128,8 @@ class SchedulerCoreConfig:
             max_model_len=max_model_len,
             eos_token_ids=tuple(int(t) for t in eos),
             vocab_size=int(getattr(model_metadata, "vocab_size", 0) or 0),
+            # One micro-batch per pipeline stage keeps every stage busy.
+            max_inflight_plans=int(getattr(cfg, "max_inflight_plans", 0) or 0)
+            or max(1, int(getattr(cfg, "pp_size", 1) or 1)),
             **values,
         )

@@ -1,7 +1,10 @@
 """The scheduler core: admits requests, plans each engine step, applies its sampled tokens.
 
 Pure Python, no I/O: the gRPC server calls add_request / abort_request from its handlers and
-runs schedule() -> worker -> update() in its step loop. schedule() and update() alternate.
+runs schedule() -> worker -> update() in its step loop. With max_inflight_plans = 1 schedule() and
+update() alternate; with K > 1 up to K plans are outstanding (one per pipeline stage) and their
+update() calls come in plan order. A sequence in an outstanding plan is not scheduled again or
+preempted until that plan's update(): its next token is not known before then.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable
 
 from infermesh_scheduler.core.block_pool import BlockPool
@@ -76,8 +80,12 @@ class Scheduler:
         self._next_seq_id = 1
         self._next_arrival = 0
         self._step_id = 0
-        self._inflight: list[Sequence] | None = None
-        self._inflight_step = -1
+        # (step_id, sequences it schedules) of every plan whose update() is still due, oldest first.
+        self._outstanding: deque[tuple[int, list[Sequence]]] = deque()
+        # Plans numbered below this were outstanding at reset_worker_state(): their results are void.
+        self._void_before = 0
+        # Tokens applied since the last plan, told to the ranks that did not sample them (K > 1).
+        self._announce: list[SampledToken] = []
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
         self.num_preemptions = 0
@@ -298,9 +306,17 @@ class Scheduler:
     def schedule(self) -> StepPlan:
         """Plan the next step: running sequences first (decodes and prefill chunks), then swap-ins,
         then waiting sequences in policy order, within the batch and token budgets."""
-        if self._inflight is not None:
-            raise RuntimeError(f"schedule() called again before update() of step {self._inflight_step}")
         cfg = self.config
+        max_inflight = cfg.max_inflight_plans
+        if len(self._outstanding) >= max_inflight:
+            if max_inflight == 1:
+                raise RuntimeError(
+                    f"schedule() called again before update() of step {self._outstanding[0][0]}"
+                )
+            raise RuntimeError(
+                f"schedule() called with {len(self._outstanding)} plans outstanding "
+                f"(max_inflight_plans={max_inflight}); apply update() of step {self._outstanding[0][0]} first"
+            )
         bs = self._bs
         pool = self._pool
         self._step_id += 1
@@ -325,9 +341,14 @@ class Scheduler:
                 preempted_for_waiting = self._preempt_for_waiting(ordered[0], chunk_left, plan)
 
         running = self._running
+        # Several plans in flight: the running set splits across them so every micro-batch has work.
+        running_left = _cdiv(len(running), max_inflight)
         i = 0
-        while i < len(running) and budget > 0 and batch_left > 0:
+        while i < len(running) and budget > 0 and batch_left > 0 and running_left > 0:
             seq = running[i]
+            if seq.in_flight:
+                i += 1
+                continue
             remaining = seq.num_tokens - seq.num_computed_tokens
             if remaining > 1:
                 n = min(remaining, budget, chunk_left)
@@ -359,6 +380,7 @@ class Scheduler:
             scheduled.append(seq)
             budget -= n
             batch_left -= 1
+            running_left -= 1
             if remaining > 1:
                 chunk_left -= n
             i += 1
@@ -374,8 +396,16 @@ class Scheduler:
             for seq in scheduled:
                 client = seq.request.spec.client_id
                 served[client] = served.get(client, 0) + seq.num_scheduled_now
-        self._inflight = scheduled
-        self._inflight_step = plan.step_id
+        if max_inflight > 1:
+            plan.tokens_in_later_plans = True
+            if not plan.is_empty():
+                plan.sampled_tokens, self._announce = self._announce, []
+        if plan.is_empty() and self._outstanding:
+            # Nothing to run: not registered, so it does not hold up the outstanding plans' updates.
+            return plan
+        for seq in scheduled:
+            seq.in_flight = True
+        self._outstanding.append((plan.step_id, scheduled))
         return plan
 
     def _emit(
@@ -433,7 +463,7 @@ class Scheduler:
                 return True, preempted
             if not self.config.enable_preemption:
                 return free >= need, preempted
-            victim = self._running[-1]
+            victim = self._lowest_idle_running()
             if victim is not seq:
                 self._preempt(victim, plan)
                 preempted = True
@@ -442,6 +472,14 @@ class Scheduler:
                 return True, preempted  # the reserve exists for exactly this: a running sequence's growth
             self._preempt(seq, plan)
             return False, True
+
+    def _lowest_idle_running(self) -> Sequence | None:
+        """The lowest-ranked running sequence not in an outstanding plan (those cannot be preempted:
+        their blocks are being written and their next token is not known yet)."""
+        for seq in reversed(self._running):
+            if not seq.in_flight:
+                return seq
+        return None
 
     def _preempt(self, seq: Sequence, plan: StepPlan) -> None:
         """Take seq off the device: by swap when enabled and CPU blocks suffice, else by recompute."""
@@ -545,8 +583,8 @@ class Scheduler:
             pool.num_free - need < self.config.preemption_threshold
             or len(self._running) >= self.config.max_batch_size
         ):
-            victim = self._running[-1]
-            if victim.rank[:2] <= outranks:
+            victim = self._lowest_idle_running()
+            if victim is None or victim.rank[:2] <= outranks:
                 break
             self._preempt(victim, plan)
             preempted = True
@@ -668,12 +706,23 @@ class Scheduler:
     def update(self, plan: StepPlan, sampled: list[SampledToken]) -> list[RequestOutput]:
         """Apply a step's results: advance computed tokens, append sampled tokens, finish
         sequences that stopped (their full blocks stay in the prefix cache)."""
-        scheduled = self._inflight
-        if scheduled is None or plan.step_id != self._inflight_step:
-            if scheduled is None and plan.step_id <= self._step_id:
-                return []  # a plan from before reset_worker_state(): its results are void
-            raise ValueError(f"update() for step {plan.step_id} but step {self._inflight_step} is in flight")
-        self._inflight = None
+        outstanding = self._outstanding
+        step = plan.step_id
+        if not outstanding or step != outstanding[0][0]:
+            if step <= self._step_id and (
+                not outstanding  # an applied plan or one from before reset_worker_state()
+                or step < self._void_before
+                or (plan.is_empty() and all(step != sid for sid, _ in outstanding))  # never registered
+            ):
+                return []
+            due = outstanding[0][0] if outstanding else self._step_id
+            raise ValueError(
+                f"update() for step {step} but step {due} is in flight (updates come in plan order)"
+            )
+        _, scheduled = outstanding.popleft()
+        for seq in scheduled:
+            seq.in_flight = False
+        announce = self.config.max_inflight_plans > 1
         by_seq = {t.seq_id: t for t in sampled}
         outputs: list[RequestOutput] = []
         bs = self._bs
@@ -715,6 +764,8 @@ class Scheduler:
             outputs.append(out)
             if sampling.n > 1 and not req.forked:
                 self._fork(seq)
+            if announce and reason is None:
+                self._announce.append(token)
             if reason is not None:
                 self._release(seq)
                 if req.num_finished == sampling.n:
@@ -770,11 +821,23 @@ class Scheduler:
         self._pool.reset()
         self._cpu.reset()
         self._pending_finished = []
-        self._inflight = None
+        for _, scheduled in self._outstanding:
+            for seq in scheduled:
+                seq.in_flight = False
+        self._outstanding.clear()
+        self._void_before = self._step_id + 1
+        self._announce = []
 
     def inflight_request_ids(self) -> list[str]:
-        """Requests the step in flight serves (between schedule() and update()), one per sequence."""
-        return [seq.request.spec.request_id for seq in self._inflight or ()]
+        """Requests the latest outstanding plan serves (between schedule() and update()), one per sequence."""
+        if not self._outstanding:
+            return []
+        return [seq.request.spec.request_id for seq in self._outstanding[-1][1]]
+
+    @property
+    def num_outstanding_plans(self) -> int:
+        """Plans scheduled whose update() has not been applied yet."""
+        return len(self._outstanding)
 
     def record_step_time(self, plan: StepPlan, seconds: float) -> None:
         """Feed the step-time model (dynamic chunking, edf/lrs estimates) with a measured step."""
@@ -838,6 +901,18 @@ class Scheduler:
             if s.status is not SeqStatus.FINISHED
         }
         assert live == seen, "live sequences and scheduler lists disagree"
+        assert len(self._outstanding) <= self.config.max_inflight_plans, "too many plans outstanding"
+        in_plans: set[int] = set()
+        for _, scheduled in self._outstanding:
+            for seq in scheduled:
+                assert seq.seq_id not in in_plans, f"seq {seq.seq_id} is in two outstanding plans"
+                in_plans.add(seq.seq_id)
+                assert seq.in_flight, f"seq {seq.seq_id} in an outstanding plan is not marked in flight"
+                assert seq.status in (SeqStatus.RUNNING, SeqStatus.FINISHED), (
+                    f"seq {seq.seq_id} in flight is {seq.status}"
+                )
+        flagged = {s.seq_id for r in self._requests.values() for s in r.sequences if s.in_flight}
+        assert flagged <= in_plans, f"seqs {flagged - in_plans} marked in flight but in no outstanding plan"
 
 
 def _completion_sampling(seq: Sequence) -> SamplingOptions:

@@ -57,6 +57,9 @@ class Sequence:
     block_hashes: list[int] = field(default_factory=list)
     preempted: bool = False
     num_scheduled_now: int = 0
+    # In an outstanding plan: its next token is unknown until that plan's update(), so it is
+    # neither scheduled again nor preempted until then.
+    in_flight: bool = False
 
     @property
     def num_tokens(self) -> int:

@@ -52,6 +52,11 @@ class StepPlan:
     swap_out: list[BlockMove] = field(default_factory=list)
     swap_in: list[BlockMove] = field(default_factory=list)
     copy: list[BlockMove] = field(default_factory=list)
+    # Tokens sampled since the previous plan, for the ranks that did not sample them; set (with
+    # tokens_in_later_plans) only when several plans may be in flight. Not work: is_empty ignores it.
+    sampled_tokens: list[SampledToken] = field(default_factory=list)
+    # The workers learn this step's tokens from sampled_tokens of later plans, not a broadcast.
+    tokens_in_later_plans: bool = False
 
     def is_empty(self) -> bool:
         """True when the plan asks the worker to do nothing at all."""
