@@ -64,6 +64,14 @@ def test_invalid_argument(stub, change, message):
         assert f"vocab_size is {VOCAB_SIZE}" in err.details()
 
 
+def test_unknown_priority_class_is_invalid(stub):
+    request = submit_request("bad-class", [5, 6], 4)
+    request.priority_class = 7
+    err = submit_error(stub, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "priority_class 7" in err.details() and "PRIORITY_CLASS_LATENCY_CRITICAL" in err.details()
+
+
 def test_missing_sampling_is_invalid(stub):
     err = submit_error(stub, scheduler_pb2.SubmitRequest(request_id="nos", prompt_token_ids=[3]))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from infermesh.v1 import scheduler_pb2
+from infermesh.v1 import common_pb2, scheduler_pb2
 
 
 @dataclass(slots=True, frozen=True)
@@ -73,5 +73,8 @@ def validate_submit(request: scheduler_pb2.SubmitRequest, limits: ModelLimits) -
         raise _invalid(f"sampling.min_p is {s.min_p}: it must be in [0, 1] (0 disables min-p)")
     if s.n < 1:
         raise _invalid(f"sampling.n is {s.n}: it must be >= 1 (the number of completions)")
+    if request.priority_class not in common_pb2.PriorityClass.values():
+        allowed = ", ".join(common_pb2.PriorityClass.keys())
+        raise _invalid(f"priority_class {request.priority_class} is not a PriorityClass: use one of {allowed}")
     if s.n > 1 and request.resumed_output_token_ids:
         raise _invalid("resumed_output_token_ids needs sampling.n == 1: a resumed request has one completion")
