@@ -110,3 +110,49 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path):
         if up.poll() is None:
             up.kill()
             up.wait(10)
+
+
+def test_services_die_with_a_killed_launcher(tmp_path):
+    # SIGKILL gives `up` no chance to stop its services: the kernel must do it (PR_SET_PDEATHSIG).
+    env = {**os.environ, "INFERMESH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infermesh_cli",
+            "up",
+            "--port",
+            "0",
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--worker-arg=--num-threads=1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        assert up.stdout is not None
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if not line or line.startswith("frontend listening on"):
+                break
+        services = _children(up.pid)
+        assert len(services) == 3
+    finally:
+        up.kill()
+        up.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in services):
+        time.sleep(0.1)
+    assert not [pid for pid in services if _alive(pid)], "services outlived their launcher"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
