@@ -230,6 +230,25 @@ def test_total_blocks_beyond_worker_capacity_is_refused(procs, model_dir):
         assert "can hold only 10" in err.value.details()
 
 
+def test_pool_too_small_for_preemption_threshold_is_refused(procs, model_dir):
+    # Only once the workers report their size can preemption_threshold be judged against the pool.
+    scheduler = procs.scheduler(model_dir, "--total-blocks", "0", "--preemption-threshold", "50")
+    procs.worker(scheduler.address, "w0", "--max-num-blocks", "10")
+    deadline = time.monotonic() + 10
+    while "refusing to serve" not in scheduler.output_tail():
+        assert time.monotonic() < deadline, scheduler.output_tail()
+        time.sleep(0.05)
+    assert "a pool of 10 KV blocks cannot serve this configuration" in scheduler.output_tail()
+    assert "preemption_threshold" in scheduler.output_tail()
+    assert health_status(scheduler.address) == NOT_SERVING
+    with grpc.insecure_channel(scheduler.address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Submit(submit_request("x", [5], 3), timeout=10))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "preemption_threshold" in err.value.details()
+
+
 def test_total_blocks_zero_sizes_pool_from_workers(procs, model_dir):
     scheduler = procs.scheduler(model_dir, "--total-blocks", "0")
     procs.worker(scheduler.address, "w0", "--max-num-blocks", "37")

@@ -83,10 +83,21 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
     def build_scheduler(num_blocks: int, num_cpu_blocks: int) -> Scheduler:
         return Scheduler(SchedulerCoreConfig.from_settings(cfg, metadata, num_blocks, num_cpu_blocks))
 
+    def check_pool(num_blocks: int) -> str:
+        # Options that depend on the pool size (preemption_threshold, ...) can only be judged once
+        # the workers said how many blocks they hold.
+        try:
+            cpu_blocks = (cfg.num_cpu_blocks or num_blocks) if cfg.enable_swap else 0
+            SchedulerCoreConfig.from_settings(cfg, metadata, num_blocks, cpu_blocks).validate()
+        except ValueError as err:
+            return f"a pool of {num_blocks} KV blocks cannot serve this configuration: {err}"
+        return ""
+
     group = WorkerGroup(
         group_settings(cfg, max_model_len),
         on_ready=lambda num_blocks, num_cpu_blocks: engine.on_group_ready(num_blocks, num_cpu_blocks),
         on_change=lambda: engine.on_group_changed(),
+        check_pool=check_pool,
     )
     server = grpc.aio.server(
         migration_thread_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),

@@ -75,6 +75,6 @@ def validate_submit(request: scheduler_pb2.SubmitRequest, limits: ModelLimits) -
         raise _invalid(f"sampling.n is {s.n}: it must be >= 1 (the number of completions)")
     if request.priority_class not in common_pb2.PriorityClass.values():
         allowed = ", ".join(common_pb2.PriorityClass.keys())
-        raise _invalid(f"priority_class {request.priority_class} is not a PriorityClass: use one of {allowed}")
+        raise _invalid(f"priority_class {request.priority_class} is unknown: use one of {allowed}")
     if s.n > 1 and request.resumed_output_token_ids:
         raise _invalid("resumed_output_token_ids needs sampling.n == 1: a resumed request has one completion")

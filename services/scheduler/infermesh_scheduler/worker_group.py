@@ -134,9 +134,12 @@ class WorkerGroup:
         settings: WorkerGroupSettings,
         on_ready: Callable[[int, int], None],
         on_change: Callable[[], None],
+        check_pool: Callable[[int], str] = lambda num_blocks: "",
     ) -> None:
         self._settings = settings
         self._on_ready = on_ready
+        # Says why a pool of that many blocks cannot serve this config ("" when it can).
+        self._check_pool = check_pool
         self._on_change = on_change
         self._workers: dict[str, WorkerHandle] = {}  # registration order = preference for membership
         self._members: list[WorkerHandle] = []  # rank order while FORMING/READY
@@ -378,6 +381,8 @@ class WorkerGroup:
                 f"total_blocks={wanted} but worker {holder} can hold only {smallest} KV blocks: "
                 f"lower total_blocks (or set it to 0 to size the pool from the workers)"
             )
+        if not reason:
+            reason = self._check_pool(wanted or smallest)
         if reason:
             self._misconfigured_reason = reason
             self.state = GroupState.MISCONFIGURED
