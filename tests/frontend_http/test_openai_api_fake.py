@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx2
 import openai
 import pytest
 from infermesh.v1 import common_pb2
@@ -162,6 +164,9 @@ def test_no_scheduler_is_503(loop: LoopThread, model_dir: Path) -> None:
         ("tools", [], "unsupported field"),
         ("top_p", 0, "top_p must be in (0, 1]"),
         ("max_tokens", 0, "max_tokens must be >= 1"),
+        ("seed", 2**64, "seed must be <="),
+        ("priority", 2**40, "32-bit integer"),
+        ("prompt", [1, 2**33], "token ids"),
     ],
 )
 def test_refused_fields_are_400_naming_them(
@@ -266,3 +271,62 @@ def test_traceparent_is_continued(base_url: str, fake: FakeScheduler) -> None:
     finally:
         shutdown_tracing()
         collector.stop()
+
+
+def test_chat_request_span_is_a_chat_operation(base_url: str, fake: FakeScheduler) -> None:
+    collector = OtlpCollector()
+    init_tracing("http-test", "otlp_grpc", collector.endpoint, 1.0)
+    try:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}
+        status, _ = _post(
+            f"{base_url}/chat/completions",
+            body,
+            headers={"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"},
+        )
+        assert status == 200
+        flush_tracing()
+        span = collector.wait_for_span(
+            lambda s: s.trace_id == TRACE_ID and s.name == sc.SPAN_FRONTEND_REQUEST
+        )
+        assert span.attributes[sc.GEN_AI_OPERATION_NAME] == sc.OPERATION_CHAT
+    finally:
+        shutdown_tracing()
+        collector.stop()
+
+
+def test_client_hanging_up_a_whole_response_aborts_it(base_url: str, fake: FakeScheduler) -> None:
+    fake.endless = True
+    fake.delay_s = 0.02
+    request = urllib.request.Request(
+        f"{base_url}/completions",
+        data=json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": 40}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    # The fake streams for far longer than this client waits: it gives up and closes the connection.
+    with pytest.raises((TimeoutError, urllib.error.URLError)):
+        urllib.request.urlopen(request, timeout=0.5)
+    deadline = time.monotonic() + 10
+    while not fake.aborts and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.aborts == [fake.submits[-1].request_id]
+
+
+def test_stopping_the_server_aborts_requests_in_flight(
+    loop: LoopThread, model_dir: Path, fake_server: tuple[FakeScheduler, str], fake: FakeScheduler
+) -> None:
+    fake.endless = True
+    fake.delay_s = 0.02
+    server = _start_frontend(loop, model_dir, [fake_server[1]])
+    assert server.http_server is not None
+    url = f"http://127.0.0.1:{server.http_server.port}/v1/completions"
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 40, "stream": True}
+    with httpx2.Client(timeout=20) as http, http.stream("POST", url, json=body) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(line for line in lines if line).startswith("data: {")
+        # Stopping waits at most the shutdown grace for the live stream, then cancels it.
+        loop.run(server.stop(0))
+    deadline = time.monotonic() + 10
+    while not fake.aborts and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.aborts == [fake.submits[-1].request_id]

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from infermesh.v1 import frontend_pb2, scheduler_pb2
+from infermesh_shared.telemetry import semconv as sc
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
 from infermesh_frontend.completion_output import CompletionDelta
@@ -98,15 +99,19 @@ class RequestRunner:
         )
 
     async def run(
-        self, request_input: frontend_pb2.GenerateInput, stream: bool = False
+        self,
+        request_input: frontend_pb2.GenerateInput,
+        stream: bool = False,
+        operation: str = sc.OPERATION_TEXT_COMPLETION,
     ) -> AsyncIterator[CompletionDelta]:
         """Prepares, runs, times and traces one request; yields its deltas; raises RequestError.
 
-        The request's span is a child of the span current at the first iteration. Closing the
-        iterator early (the client went away) aborts the request at the scheduler.
+        The request's span (its gen_ai.operation.name is `operation`) is a child of the span
+        current at the first iteration. Closing the iterator early (the client went away) aborts
+        the request at the scheduler.
         """
         timer = GenerationTimer(self._metrics)
-        request_trace = RequestTrace(stream)
+        request_trace = RequestTrace(stream, operation=operation)
         try:
             prepared = await self.prepare(request_input, request_trace)
             request_trace.prepared(prepared.submit)

@@ -42,8 +42,11 @@ class RequestTrace:
 
     __slots__ = ("_tracer", "span", "_arrival", "_first_token_at", "_detokenize_s", "_ended")
 
-    def __init__(self, stream: bool, enabled: bool | None = None) -> None:
-        """`enabled` None follows tracing_enabled(); False builds a shell that records nothing."""
+    def __init__(
+        self, stream: bool, enabled: bool | None = None, operation: str = sc.OPERATION_TEXT_COMPLETION
+    ) -> None:
+        """`enabled` None follows tracing_enabled(); False builds a shell that records nothing.
+        `operation` is gen_ai.operation.name: text_completion, or chat for chat completions."""
         self._arrival = time.monotonic()
         self._first_token_at: float | None = None
         self._detokenize_s = 0.0
@@ -56,7 +59,7 @@ class RequestTrace:
             self.span = self._tracer.start_span(
                 sc.SPAN_FRONTEND_REQUEST,
                 attributes={
-                    sc.GEN_AI_OPERATION_NAME: sc.OPERATION_TEXT_COMPLETION,
+                    sc.GEN_AI_OPERATION_NAME: operation,
                     sc.GEN_AI_PROVIDER_NAME: sc.PROVIDER_INFERMESH,
                     sc.GEN_AI_REQUEST_STREAM: stream,
                 },

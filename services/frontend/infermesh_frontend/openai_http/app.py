@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from infermesh_shared.telemetry import extract_context_from_headers, get_tracer
+from infermesh_shared.telemetry import semconv as sc
 from opentelemetry import trace
 
 from infermesh_frontend.completion_output import CompletionDelta
@@ -132,7 +133,8 @@ class OpenAIApi:
     async def _answer(
         self, request: web.Request, parsed: ParsedRequest, shape: ResponseShape
     ) -> web.StreamResponse:
-        deltas = self._runner.run(parsed.generate_input, stream=parsed.stream)
+        operation = sc.OPERATION_CHAT if isinstance(shape, ChatShape) else sc.OPERATION_TEXT_COMPLETION
+        deltas = self._runner.run(parsed.generate_input, stream=parsed.stream, operation=operation)
         async with contextlib.aclosing(deltas):
             if parsed.stream:
                 return await _stream(request, parsed, shape, deltas)
@@ -215,13 +217,16 @@ def _server_span(request: web.Request):
 class OpenAIHttpServer:
     """Binds the OpenAI API on host:port (0 picks a free port) on the running event loop."""
 
-    def __init__(self, runner: RequestRunner, host: str, port: int) -> None:
+    def __init__(self, runner: RequestRunner, host: str, port: int, shutdown_timeout_s: float = 1.0) -> None:
         self._host = host
         self._requested_port = port
         app = web.Application(middlewares=[_errors_as_openai_json])
         app.add_routes(OpenAIApi(runner).routes())
         # handler_cancellation: a client that hangs up cancels its handler, aborting its request.
-        self._app_runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        # shutdown_timeout: on stop, requests still running get this long, then are cancelled (aborted).
+        self._app_runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout_s
+        )
         self.port = 0
 
     async def start(self) -> int:

@@ -62,6 +62,18 @@ def _optional(body: dict[str, Any], name: str, kind: str) -> Any:
     return value
 
 
+_INT32_MAX = 2**31 - 1
+_UINT32_MAX = 2**32 - 1
+_UINT64_MAX = 2**64 - 1
+
+
+def _at_most(name: str, value: int, limit: int) -> int:
+    # The protobuf field's range: beyond it the value cannot even be carried to the scheduler.
+    if value > limit:
+        raise invalid(f"{name} must be <= {limit}, got {value}", name)
+    return value
+
+
 def _non_negative_int(body: dict[str, Any], name: str) -> int | None:
     value = _optional(body, name, "int")
     if value is not None and value < 0:
@@ -111,20 +123,20 @@ def _sampling(
     if top_k is not None:
         if top_k == -1:
             top_k = 0  # vLLM's spelling of "off"
-        params.top_k = top_k
+        params.top_k = _at_most("top_k", top_k, _INT32_MAX)
     max_tokens = _optional(body, max_tokens_field, "int")
     if max_tokens is not None:
         if max_tokens < 1:
             raise invalid(f"{max_tokens_field} must be >= 1, got {max_tokens}", max_tokens_field)
-        params.max_tokens = max_tokens
+        params.max_tokens = _at_most(max_tokens_field, max_tokens, _UINT32_MAX)
     n = _optional(body, "n", "int")
     if n is not None:
         if n < 1:
             raise invalid(f"n (number of completions) must be >= 1, got {n}", "n")
-        params.n = n
+        params.n = _at_most("n", n, _UINT32_MAX)
     seed = _non_negative_int(body, "seed")
     if seed is not None:
-        params.seed = seed
+        params.seed = _at_most("seed", seed, _UINT64_MAX)
     params.ignore_eos = bool(_optional(body, "ignore_eos", "bool"))
     return params
 
@@ -152,6 +164,8 @@ def _generate_input(
         generate_input.client_id = user
     priority = _optional(body, "priority", "int")
     if priority is not None:
+        if not -_INT32_MAX - 1 <= priority <= _INT32_MAX:
+            raise invalid(f"priority must be a 32-bit integer, got {priority}", "priority")
         generate_input.priority = priority
     return generate_input
 
@@ -203,7 +217,7 @@ def _set_prompt(generate_input: frontend_pb2.GenerateInput, prompt: Any) -> None
         if not prompt:
             raise invalid("prompt is empty: give non-empty text or a list of token ids", "prompt")
         generate_input.text = prompt
-    elif isinstance(prompt, list) and prompt and all(_is_int(t) and t >= 0 for t in prompt):
+    elif isinstance(prompt, list) and prompt and all(_is_int(t) and 0 <= t <= _UINT32_MAX for t in prompt):
         generate_input.token_ids.ids.extend(prompt)
     else:
         raise invalid(
