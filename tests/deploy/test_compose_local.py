@@ -4,6 +4,7 @@ Redis for discovery and a real OTLP receiver in Jaeger's place; a request goes t
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from urllib.parse import urlparse
 
@@ -64,6 +65,10 @@ def test_compose_services_serve_a_request_as_local_processes(tmp_path) -> None:
                 frontend_pb2.GenerateRequest(input=request), timeout=60
             )
             assert len(response.completions[0].token_ids) >= 1
+            # The published OpenAI-compatible HTTP port answers too.
+            models_url = f"http://127.0.0.1:{translation.port('frontend', 8000)}/v1/models"
+            with urllib.request.urlopen(models_url, timeout=10) as page:
+                assert page.status == 200 and json.loads(page.read())["data"][0]["owned_by"] == "infermesh"
 
             # Prometheus' targets: every service's metrics port answers.
             for service in services:
