@@ -117,6 +117,14 @@ def test_max_model_len_must_fit_the_model(llama_dir):
     assert err.value.causes == ["max_model_len (8193) must be <= the model's max_position_embeddings (8192)"]
 
 
+def test_prefix_cache_capacity_must_hold_a_block(llama_dir):
+    base = ["--model-path", str(llama_dir), "--block-size", "16"]
+    with pytest.raises(ConfigError) as err:
+        resolve_config("scheduler", [*base, "--prefix-cache-capacity", "8"])
+    assert err.value.causes[0].startswith("prefix_cache_capacity (8 tokens) is less than one block")
+    assert resolve_config("scheduler", [*base, "--prefix-cache-capacity", "16"]).prefix_cache_capacity == 16
+
+
 def test_tp_size_must_divide_the_heads(llama_dir):
     with pytest.raises(ConfigError) as err:
         resolve_config("scheduler", ["--model-path", str(llama_dir), "--tp-size", "3", "--num-workers", "3"])

@@ -55,6 +55,7 @@ def group_settings(cfg: Any, max_model_len: int) -> WorkerGroupSettings:
         enable_swap=cfg.enable_swap,
         num_cpu_blocks=cfg.num_cpu_blocks,
         worker_timeout_s=cfg.worker_timeout_ms / 1000.0,
+        load_timeout_s=cfg.worker_load_timeout_ms / 1000.0,
         recovery_timeout_s=cfg.group_recovery_timeout_ms / 1000.0,
     )
 

@@ -89,6 +89,7 @@ class WorkerGroupSettings:
         int  # CPU swap blocks; 0 = as many as device blocks (config derives it from swap_space_gb)
     )
     worker_timeout_s: float
+    load_timeout_s: float  # LoadModel, InitKVCache, Reset: joining the group and reading weights
     recovery_timeout_s: float
 
     @property
@@ -285,12 +286,12 @@ class WorkerGroup:
         try:
             await self._call_all(
                 [m for m in members if m.loaded],
-                lambda m: m.stub.Reset(worker_pb2.ResetRequest(), timeout=s.worker_timeout_s),
+                lambda m: m.stub.Reset(worker_pb2.ResetRequest(), timeout=s.load_timeout_s),
             )
             loaded = await self._call_all(
                 members,
                 lambda m: m.stub.LoadModel(
-                    self._load_request(members.index(m), init_method, backend), timeout=s.worker_timeout_s
+                    self._load_request(members.index(m), init_method, backend), timeout=s.load_timeout_s
                 ),
             )
             for m in members:
@@ -306,7 +307,7 @@ class WorkerGroup:
                 members,
                 lambda m: m.stub.InitKVCache(
                     worker_pb2.InitKVCacheRequest(num_blocks=num_blocks, num_cpu_blocks=self.num_cpu_blocks),
-                    timeout=s.worker_timeout_s,
+                    timeout=s.load_timeout_s,
                 ),
             )
         except _MemberCallError as err:

@@ -199,6 +199,16 @@ def _preemption_threshold(values: dict[str, Any], out: Validated) -> list[str]:
     return []
 
 
+def _prefix_cache_capacity(values: dict[str, Any], out: Validated) -> list[str]:
+    capacity, block = values["prefix_cache_capacity"], values["block_size"]
+    if values["enable_prefix_cache"] and capacity < block:
+        return [
+            f"prefix_cache_capacity ({capacity} tokens) is less than one block ({block} tokens), so "
+            "nothing could be cached: raise it, or set enable_prefix_cache to false"
+        ]
+    return []
+
+
 def _discovery_source(values: dict[str, Any], out: Validated) -> list[str]:
     needs = {"static": "scheduler_addresses", "dns": "dns_name", "redis": "redis_url"}[values["discovery"]]
     if not values[needs]:
@@ -220,6 +230,7 @@ CROSS_FIELD_RULES: dict[str, list[Rule]] = {
         _fits_model,
         _chunk_bounds,
         _preemption_threshold,
+        _prefix_cache_capacity,
     ],
     "worker": [],
     "frontend": [_tokenizer_directory, _discovery_source],
