@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from infermesh_shared.config import load_config
 from infermesh_shared.telemetry.grpc_aio_interceptors import aio_client_interceptors, aio_server_interceptors
-from infermesh_shared.telemetry.structured_logging import configure_logging
+from infermesh_shared.telemetry.structured_logging import configure_service_logging
 from infermesh_shared.telemetry.tracing import init_tracing, shutdown_tracing
 
 from infermesh_frontend.server import FrontendServer, FrontendSettings, UnsupportedOptionError
@@ -41,13 +41,7 @@ async def _serve(settings: FrontendSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the infermesh-frontend console script."""
     cfg = load_config("frontend", list(sys.argv[1:] if argv is None else argv))
-    configure_logging(
-        cfg.service_name,
-        level=cfg.log_level,
-        fmt=cfg.log_format,
-        to_file=cfg.log_to_file,
-        file_path=cfg.log_file,
-    )
+    configure_service_logging(cfg)
     init_tracing(
         cfg.service_name,
         exporter=cfg.tracing_exporter,

@@ -8,7 +8,7 @@ import sys
 
 from infermesh_shared.config import load_config
 from infermesh_shared.config.model_metadata import ModelMetadataError, read_model_metadata
-from infermesh_shared.telemetry import configure_logging, init_tracing, shutdown_tracing
+from infermesh_shared.telemetry import configure_service_logging, init_tracing, shutdown_tracing
 
 from infermesh_scheduler.server import StartupError, serve
 
@@ -18,7 +18,7 @@ logger = logging.getLogger("infermesh_scheduler")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     cfg = load_config("scheduler", sys.argv[1:] if argv is None else argv)
-    configure_logging(cfg.service_name, cfg.log_level, cfg.log_format, cfg.log_to_file, cfg.log_file)
+    configure_service_logging(cfg)
     for note in cfg.notes:
         logger.info("config: %s", note)
     try:

@@ -16,7 +16,7 @@ from infermesh.v1 import worker_pb2, worker_pb2_grpc
 from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
 from infermesh_shared.telemetry import (
     WorkerMetrics,
-    configure_logging,
+    configure_service_logging,
     create_registry,
     init_tracing,
     shutdown_tracing,
@@ -58,7 +58,7 @@ def advertised_host(host: str) -> str:
 
 def run(cfg) -> int:
     """Serves until SIGTERM/SIGINT; returns the process exit code."""
-    configure_logging(cfg.service_name, cfg.log_level, cfg.log_format, cfg.log_to_file, cfg.log_file)
+    configure_service_logging(cfg)
     try:
         device = resolve_device(cfg.device)
     except ValueError as exc:

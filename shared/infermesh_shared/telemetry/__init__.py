@@ -25,7 +25,12 @@ from infermesh_shared.telemetry.metrics_server import MetricsServer, create_regi
 from infermesh_shared.telemetry.request_metrics import RequestMetrics, status_label
 from infermesh_shared.telemetry.scheduler_metrics import SchedulerLoadFigures, SchedulerMetrics
 from infermesh_shared.telemetry.step_spans import activate_span, start_step_span
-from infermesh_shared.telemetry.structured_logging import TRACE, configure_logging, parse_log_level
+from infermesh_shared.telemetry.structured_logging import (
+    TRACE,
+    configure_logging,
+    configure_service_logging,
+    parse_log_level,
+)
 from infermesh_shared.telemetry.tracing import (
     TracingExporter,
     flush_tracing,
@@ -51,6 +56,7 @@ __all__ = [
     "aio_client_interceptors",
     "aio_server_interceptors",
     "configure_logging",
+    "configure_service_logging",
     "create_registry",
     "current_trace_metadata",
     "extract_context",

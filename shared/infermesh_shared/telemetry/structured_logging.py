@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import trace
 
@@ -117,3 +118,19 @@ def configure_logging(
         handler.addFilter(context_filter)
         root.addHandler(handler)
     root.setLevel(numeric_level)
+
+
+def configure_service_logging(cfg: Any) -> None:
+    """configure_logging from a service's resolved config (log_level, log_format, log_to_file,
+    log_file); a log file that cannot be opened ends the process like any invalid option:
+    the seed's error block on stderr and exit status 2."""
+    try:
+        configure_logging(cfg.service_name, cfg.log_level, cfg.log_format, cfg.log_to_file, cfg.log_file)
+    except OSError as err:
+        cause = f"log_file {cfg.log_file!r} cannot be opened for writing ({err.strerror})"
+    except ValueError as err:
+        cause = str(err)
+    else:
+        return
+    print(f"Error: Configuration validation failed\n  Caused by: {cause}", file=sys.stderr)
+    raise SystemExit(2)
