@@ -12,8 +12,8 @@ from tests.worker.step_plans import StepPlanner
 CPU = torch.device("cpu")
 
 
-def row(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, position=0) -> SamplingRow:
-    return SamplingRow(temperature, top_k, top_p, min_p, seed, position)
+def row(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, position=0, logprob=True) -> SamplingRow:
+    return SamplingRow(temperature, top_k, top_p, min_p, seed, position, logprob)
 
 
 def random_logits(rows: int, vocab: int = 50, seed: int = 0) -> torch.Tensor:
@@ -110,3 +110,10 @@ def test_seeded_request_reproducible_across_batches_and_preemption(model_dirs):
     planner.record(runner.execute(planner.plan({1: len(before.token_ids)})).tokens)
     _generate(runner, planner, [1], 8)
     assert planner.sequences[1].outputs == alone
+
+
+def test_logprobs_are_skipped_when_no_row_wants_them():
+    logits = random_logits(3)
+    tokens, logprobs = Sampler(CPU, seed=0).sample(logits, [row(temperature=0.0, logprob=False)] * 3)
+    assert torch.equal(tokens, logits.argmax(-1))
+    assert torch.equal(logprobs, torch.zeros(3))

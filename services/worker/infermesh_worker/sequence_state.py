@@ -29,4 +29,5 @@ class SequenceState:
             min_p=self.min_p,
             seed=self.seed,
             output_position=self.num_output_tokens,
+            want_logprob=self.want_logprobs,
         )

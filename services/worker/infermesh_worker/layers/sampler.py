@@ -29,6 +29,7 @@ class SamplingRow:
     min_p: float
     seed: int | None
     output_position: int  # index of the token being sampled among the sequence's outputs
+    want_logprob: bool = False
 
 
 def seeded_noise_seed(seed: int, output_position: int) -> int:
@@ -94,5 +95,8 @@ class Sampler:
             probs = torch.softmax(processed, dim=-1)
             sampled = (probs / self._noise(tuple(probs.shape), rows)).argmax(dim=-1)
             tokens = torch.where(greedy, processed.argmax(dim=-1), sampled)
+        if not any(r.want_logprob for r in rows):
+            # A full-vocabulary log-softmax per step is wasted when nobody reads the result.
+            return tokens, torch.zeros(len(rows), dtype=torch.float32, device=self.device)
         logprobs = torch.log_softmax(processed, dim=-1).gather(1, tokens[:, None]).squeeze(1)
         return tokens, logprobs
