@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
 
+from infermesh_frontend.completion_collector import CollectedCompletion
 from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_runner import RequestRunner
@@ -33,28 +34,32 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
     async def Generate(
         self, request: frontend_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> frontend_pb2.GenerateResponse:
-        completions: dict[int, frontend_pb2.Completion] = {}
+        completions: dict[int, CollectedCompletion] = {}
         request_id = ""
         usage = None
         try:
             async with contextlib.aclosing(self._run(request.input)) as deltas:
                 async for delta in deltas:
-                    completion = completions.setdefault(
-                        delta.index, frontend_pb2.Completion(index=delta.index)
-                    )
-                    completion.text += delta.text
-                    completion.token_ids.extend(delta.token_ids)
-                    completion.logprobs.extend(delta.logprobs)
-                    if delta.finish_reason:
-                        completion.finish_reason = delta.finish_reason
-                        completion.matched_stop = delta.matched_stop
+                    completions.setdefault(delta.index, CollectedCompletion()).add(delta)
                     request_id = delta.request_id
                     if delta.usage is not None:
                         usage = delta.usage
         except RequestError as error:
             await context.abort(error.code, error.message)
         return frontend_pb2.GenerateResponse(
-            request_id=request_id, completions=[completions[i] for i in sorted(completions)], usage=usage
+            request_id=request_id,
+            completions=[
+                frontend_pb2.Completion(
+                    index=i,
+                    text=c.text,
+                    token_ids=c.token_ids,
+                    finish_reason=c.finish_reason,
+                    logprobs=c.logprobs,
+                    matched_stop=c.matched_stop,
+                )
+                for i, c in sorted(completions.items())
+            ],
+            usage=usage,
         )
 
     async def GenerateStream(

@@ -19,12 +19,12 @@ from infermesh_shared.telemetry import extract_context_from_headers, get_tracer
 from infermesh_shared.telemetry import semconv as sc
 from opentelemetry import trace
 
+from infermesh_frontend.completion_collector import CollectedCompletion
 from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.openai_http.api_error import ApiError, invalid
 from infermesh_frontend.openai_http.chat_template import ChatTemplate, ChatTemplateError
 from infermesh_frontend.openai_http.response_shapes import (
     ChatShape,
-    ChoiceSoFar,
     CompletionShape,
     ResponseShape,
 )
@@ -138,10 +138,10 @@ class OpenAIApi:
         async with contextlib.aclosing(deltas):
             if parsed.stream:
                 return await _stream(request, parsed, shape, deltas)
-            choices: dict[int, ChoiceSoFar] = {}
+            choices: dict[int, CollectedCompletion] = {}
             usage = None
             async for delta in deltas:
-                choices.setdefault(delta.index, ChoiceSoFar()).add(delta)
+                choices.setdefault(delta.index, CollectedCompletion()).add(delta)
                 if delta.usage is not None:
                     usage = delta.usage
             if usage is None:

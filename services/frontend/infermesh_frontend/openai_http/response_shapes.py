@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from infermesh.v1 import common_pb2
 
+from infermesh_frontend.completion_collector import CollectedCompletion
 from infermesh_frontend.completion_output import CompletionDelta
 
 _FINISH_REASONS = {
@@ -30,23 +30,6 @@ def usage_object(usage: common_pb2.Usage) -> dict[str, int]:
     }
 
 
-@dataclass(slots=True)
-class ChoiceSoFar:
-    """One choice's output collected from its deltas (for the non-streaming answer)."""
-
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
-
-    def add(self, delta: CompletionDelta) -> None:
-        self.text += delta.text
-        self.token_ids.extend(delta.token_ids)
-        self.logprobs.extend(delta.logprobs)
-        if delta.finish_reason:
-            self.finish_reason = delta.finish_reason
-
-
 class ResponseShape:
     """How one endpoint words its answer; `token_text` names a token id (for logprobs)."""
 
@@ -62,7 +45,9 @@ class ResponseShape:
     def _envelope(self, object_name: str) -> dict[str, object]:
         return {"id": self.response_id, "object": object_name, "created": self.created, "model": self.model}
 
-    def response(self, choices: dict[int, ChoiceSoFar], usage: common_pb2.Usage, logprobs: bool) -> dict:
+    def response(
+        self, choices: dict[int, CollectedCompletion], usage: common_pb2.Usage, logprobs: bool
+    ) -> dict:
         body = self._envelope(self.object_name)
         body["choices"] = [self.choice(i, choices[i], logprobs) for i in sorted(choices)]
         body["usage"] = usage_object(usage)
@@ -78,7 +63,7 @@ class ResponseShape:
             body["usage"] = usage_object(usage) if usage is not None else None
         return body
 
-    def choice(self, index: int, choice: ChoiceSoFar, logprobs: bool) -> dict:
+    def choice(self, index: int, choice: CollectedCompletion, logprobs: bool) -> dict:
         raise NotImplementedError
 
     def delta_choice(self, delta: CompletionDelta, logprobs: bool) -> dict:
@@ -100,7 +85,7 @@ class CompletionShape(ResponseShape):
             "text_offset": None,
         }
 
-    def choice(self, index: int, choice: ChoiceSoFar, logprobs: bool) -> dict:
+    def choice(self, index: int, choice: CollectedCompletion, logprobs: bool) -> dict:
         return {
             "index": index,
             "text": choice.text,
@@ -132,7 +117,7 @@ class ChatShape(ResponseShape):
             )
         return {"content": content}
 
-    def choice(self, index: int, choice: ChoiceSoFar, logprobs: bool) -> dict:
+    def choice(self, index: int, choice: CollectedCompletion, logprobs: bool) -> dict:
         return {
             "index": index,
             "message": {"role": "assistant", "content": choice.text},
