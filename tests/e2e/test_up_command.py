@@ -1,4 +1,5 @@
-"""`infermesh up` on the demo model: serves, answers `infermesh generate`, stops all on SIGTERM."""
+"""`infermesh up` on the demo model: serves, answers `infermesh generate`, stops all on SIGTERM,
+and leaves nothing running even when it is killed outright."""
 
 from __future__ import annotations
 
@@ -8,10 +9,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class RunningUp:
+    process: subprocess.Popen
+    address: str
+    services: list[int]
+    env: dict[str, str]
 
 
 def _children(pid: int) -> list[int]:
@@ -19,27 +32,28 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path):
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@contextmanager
+def running_up(tmp_path: Path) -> Iterator[RunningUp]:
+    """`infermesh up` on the demo model in a fresh cache, until it announced its frontend."""
     env = {**os.environ, "INFERMESH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    argv = ["up", "--port", "0", "--log-dir", str(tmp_path / "logs"), "--worker-arg=--num-threads=1"]
     up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "infermesh_cli",
-            "up",
-            "--port",
-            "0",
-            "--log-dir",
-            str(tmp_path / "logs"),
-            "--worker-arg=--num-threads=1",
-        ],
+        [sys.executable, "-m", "infermesh_cli", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
-    lines: list[str] = []
     try:
+        lines: list[str] = []
         address = None
         deadline = time.monotonic() + 240
         assert up.stdout is not None
@@ -49,110 +63,48 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path):
                 break
             lines.append(line)
             match = re.match(r"frontend listening on (\S+:\d+)$", line.strip())
-            if match:
-                address = match.group(1)
+            address = match.group(1) if match else None
         assert address, "".join(lines)
         services = _children(up.pid)
         assert len(services) == 3, f"expected scheduler, worker and frontend processes, got {services}"
-
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "infermesh_cli",
-                "generate",
-                "--address",
-                address,
-                "--max-tokens",
-                "8",
-                "--temperature",
-                "0",
-                "Hello, infermesh",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip(), "generate printed no text"
-
-        streamed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "infermesh_cli",
-                "generate",
-                "--address",
-                address,
-                "--max-tokens",
-                "8",
-                "--temperature",
-                "0",
-                "--stream",
-                "Hello, infermesh",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
-        assert streamed.returncode == 0, streamed.stderr
-        assert streamed.stdout.strip() == result.stdout.strip()
-
-        up.send_signal(signal.SIGTERM)
-        assert up.wait(60) == 0
-        for pid in services:
-            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
-        # The demo model is cached: written once, reused by the next start.
-        assert (tmp_path / "cache" / "infermesh-demo-llama-v1" / "model.safetensors").is_file()
+        yield RunningUp(up, address, services, env)
     finally:
         if up.poll() is None:
             up.kill()
             up.wait(10)
 
 
+def _generate(running: RunningUp, *flags: str) -> str:
+    argv = ["generate", "--address", running.address, "--max-tokens", "8", "--temperature", "0", *flags]
+    result = subprocess.run(
+        [sys.executable, "-m", "infermesh_cli", *argv, "Hello, infermesh"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=running.env,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path):
+    with running_up(tmp_path) as running:
+        text = _generate(running)
+        assert text, "generate printed no text"
+        assert _generate(running, "--stream") == text
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(60) == 0
+        assert not [pid for pid in running.services if _alive(pid)]
+    # The demo model is cached: written once, reused by the next start.
+    assert (tmp_path / "cache" / "infermesh-demo-llama-v1" / "model.safetensors").is_file()
+
+
 def test_services_die_with_a_killed_launcher(tmp_path):
     # SIGKILL gives `up` no chance to stop its services: the kernel must do it (PR_SET_PDEATHSIG).
-    env = {**os.environ, "INFERMESH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "infermesh_cli",
-            "up",
-            "--port",
-            "0",
-            "--log-dir",
-            str(tmp_path / "logs"),
-            "--worker-arg=--num-threads=1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        assert up.stdout is not None
-        while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            if not line or line.startswith("frontend listening on"):
-                break
-        services = _children(up.pid)
-        assert len(services) == 3
-    finally:
-        up.kill()
-        up.wait(10)
+    with running_up(tmp_path) as running:
+        running.process.kill()
+        running.process.wait(10)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(_alive(pid) for pid in services):
+    while time.monotonic() < deadline and any(_alive(pid) for pid in running.services):
         time.sleep(0.1)
-    assert not [pid for pid in services if _alive(pid)], "services outlived their launcher"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not [pid for pid in running.services if _alive(pid)], "services outlived their launcher"

@@ -213,40 +213,35 @@ def test_workers_register_on_ipc_worker_endpoint(procs, model_dir):
     wait_health(scheduler.address, SERVING)
 
 
-def test_total_blocks_beyond_worker_capacity_is_refused(procs, model_dir):
-    scheduler = procs.scheduler(model_dir, "--group-recovery-timeout-ms", "300")
-    procs.worker(scheduler.address, "w0", "--max-num-blocks", "10")
+def assert_refuses_to_serve(scheduler, reason: str) -> None:
+    """The scheduler logged that it refuses to serve for `reason`, is NOT_SERVING, and answers
+    Submit with UNAVAILABLE naming the reason."""
     deadline = time.monotonic() + 10
     while "refusing to serve" not in scheduler.output_tail():
         assert time.monotonic() < deadline, scheduler.output_tail()
         time.sleep(0.05)
-    assert "total_blocks=64 but worker w0 can hold only 10 KV blocks" in scheduler.output_tail()
+    assert reason in scheduler.output_tail()
     assert health_status(scheduler.address) == NOT_SERVING
     with grpc.insecure_channel(scheduler.address) as channel:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Submit(submit_request("x", [5], 3), timeout=10))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "can hold only 10" in err.value.details()
+        assert reason in err.value.details()
+
+
+def test_total_blocks_beyond_worker_capacity_is_refused(procs, model_dir):
+    scheduler = procs.scheduler(model_dir, "--group-recovery-timeout-ms", "300")
+    procs.worker(scheduler.address, "w0", "--max-num-blocks", "10")
+    assert_refuses_to_serve(scheduler, "total_blocks=64 but worker w0 can hold only 10 KV blocks")
 
 
 def test_pool_too_small_for_preemption_threshold_is_refused(procs, model_dir):
     # Only once the workers report their size can preemption_threshold be judged against the pool.
     scheduler = procs.scheduler(model_dir, "--total-blocks", "0", "--preemption-threshold", "50")
     procs.worker(scheduler.address, "w0", "--max-num-blocks", "10")
-    deadline = time.monotonic() + 10
-    while "refusing to serve" not in scheduler.output_tail():
-        assert time.monotonic() < deadline, scheduler.output_tail()
-        time.sleep(0.05)
-    assert "a pool of 10 KV blocks cannot serve this configuration" in scheduler.output_tail()
+    assert_refuses_to_serve(scheduler, "a pool of 10 KV blocks cannot serve this configuration")
     assert "preemption_threshold" in scheduler.output_tail()
-    assert health_status(scheduler.address) == NOT_SERVING
-    with grpc.insecure_channel(scheduler.address) as channel:
-        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as err:
-            list(stub.Submit(submit_request("x", [5], 3), timeout=10))
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "preemption_threshold" in err.value.details()
 
 
 def test_total_blocks_zero_sizes_pool_from_workers(procs, model_dir):
