@@ -6,8 +6,6 @@ learns the port a service bound (services take port 0 and pick a free one).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import re
@@ -25,15 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _LISTENING = re.compile(r"(\w+) listening on (\S+:\d+)")
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGTERM it when its parent exits."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ServiceStartError(RuntimeError):
@@ -56,8 +46,10 @@ class ServiceProcess:
     def start(self) -> None:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # If the launcher itself dies (even by SIGKILL) the kernel ends the service too.
+        args = [sys.executable, "-m", "infermesh_cli.die_with_parent", str(os.getpid()), *self.args]
         self.process = subprocess.Popen(
-            self.args,
+            args,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -66,8 +58,6 @@ class ServiceProcess:
             bufsize=1,
             # Own session: a terminal's Ctrl-C reaches the launcher only, which stops services in order.
             start_new_session=True,
-            # ...and if the launcher itself dies (even by SIGKILL) the kernel ends the service too.
-            preexec_fn=_die_with_parent,
         )
         threading.Thread(target=self._pump, name=f"{self.name}-output", daemon=True).start()
 
