@@ -7,23 +7,17 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.deploy.deploy_files import INFERMESH_COMMANDS
+from tests.free_port import free_port
 
 # --flag=N options whose value is a port this service listens on.
 _LISTEN_PORT_FLAGS = ("--port", "--metrics-port", "--http-port")
 _HOST_PORT = re.compile(r"\b(?P<host>[a-z][a-z0-9-]*):(?P<port>\d+)\b")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
@@ -49,7 +43,7 @@ class LocalTranslation:
     def port(self, service: str, container_port: int) -> int:
         key = (service, container_port)
         if key not in self.ports:
-            self.ports[key] = _free_port()
+            self.ports[key] = free_port()
         return self.ports[key]
 
     def value(self, service: str, text: str) -> str:

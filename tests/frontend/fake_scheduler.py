@@ -7,8 +7,9 @@ Everything runs on one asyncio loop in a background thread, so sync tests can dr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import grpc
@@ -126,3 +127,26 @@ async def start_fake_scheduler(fake: FakeScheduler) -> tuple[grpc.aio.Server, in
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
+
+
+@contextlib.contextmanager
+def serving_fake_scheduler(
+    loop: LoopThread, vocab_size: int, max_model_len: int
+) -> Iterator[tuple[FakeScheduler, str]]:
+    """A FakeScheduler served on `loop` for the duration of the block; yields it and its address."""
+    fake = FakeScheduler(vocab_size, max_model_len)
+    server, port = loop.run(start_fake_scheduler(fake))
+    try:
+        yield fake, f"127.0.0.1:{port}"
+    finally:
+        loop.run(server.stop(0))
+
+
+@contextlib.contextmanager
+def loop_thread() -> Iterator[LoopThread]:
+    """A LoopThread closed when the block ends."""
+    thread = LoopThread()
+    try:
+        yield thread
+    finally:
+        thread.close()

@@ -24,7 +24,12 @@ from infermesh_cli.demo_tokenizer import build_demo_tokenizer, write_tokenizer_f
 from infermesh_frontend.server import FrontendServer, FrontendSettings
 from infermesh_frontend.tokenizer import FrontendTokenizer
 
-from tests.frontend.fake_scheduler import FakeScheduler, LoopThread, start_fake_scheduler
+from tests.frontend.fake_scheduler import (
+    FakeScheduler,
+    LoopThread,
+    loop_thread,
+    serving_fake_scheduler,
+)
 
 VOCAB_SIZE = 512
 MAX_MODEL_LEN = 64
@@ -62,17 +67,14 @@ def tokenizer(model_dir: Path) -> FrontendTokenizer:
 
 @pytest.fixture(scope="module")
 def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
+    with loop_thread() as thread:
+        yield thread
 
 
 @pytest.fixture(scope="module")
 def fake_server(loop: LoopThread) -> Iterator[tuple[FakeScheduler, str]]:
-    fake = FakeScheduler(VOCAB_SIZE, MAX_MODEL_LEN)
-    server, port = loop.run(start_fake_scheduler(fake))
-    yield fake, f"127.0.0.1:{port}"
-    loop.run(server.stop(0))
+    with serving_fake_scheduler(loop, VOCAB_SIZE, MAX_MODEL_LEN) as served:
+        yield served
 
 
 @pytest.fixture

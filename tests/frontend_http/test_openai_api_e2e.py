@@ -8,7 +8,6 @@ client hanging up mid-stream frees the request's KV blocks.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -28,15 +27,10 @@ from tests.e2e.harness import (
     start_cluster,
     wait_all_blocks_free,
 )
+from tests.free_port import free_port
 
 PROMPT = "The quick brown fox"
 TIMEOUT_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +40,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, str]]:
-    http_port, metrics_port = _free_port(), _free_port()
+    http_port, metrics_port = free_port(), free_port()
     running = start_cluster(
         model_dir,
         tmp_path_factory.mktemp("http-logs"),

@@ -22,7 +22,13 @@ from infermesh_frontend.tokenizer import FrontendTokenizer
 from infermesh_shared.telemetry import flush_tracing, init_tracing, shutdown_tracing
 from infermesh_shared.telemetry import semconv as sc
 
-from tests.frontend.fake_scheduler import FakeScheduler, LoopThread, start_fake_scheduler
+from tests.free_port import free_port
+from tests.frontend.fake_scheduler import (
+    FakeScheduler,
+    LoopThread,
+    loop_thread,
+    serving_fake_scheduler,
+)
 from tests.telemetry.otlp_collector import OtlpCollector
 
 VOCAB_SIZE = 512
@@ -31,12 +37,6 @@ OUTPUT_TEXT = "Hello world! The answer is 42."
 MODEL = "fake-model"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +48,14 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
+    with loop_thread() as thread:
+        yield thread
 
 
 @pytest.fixture(scope="module")
 def fake_server(loop: LoopThread) -> Iterator[tuple[FakeScheduler, str]]:
-    fake = FakeScheduler(VOCAB_SIZE, MAX_MODEL_LEN)
-    server, port = loop.run(start_fake_scheduler(fake))
-    yield fake, f"127.0.0.1:{port}"
-    loop.run(server.stop(0))
+    with serving_fake_scheduler(loop, VOCAB_SIZE, MAX_MODEL_LEN) as served:
+        yield served
 
 
 def _start_frontend(loop: LoopThread, model_dir: Path, addresses: list[str]) -> FrontendServer:
@@ -66,7 +63,7 @@ def _start_frontend(loop: LoopThread, model_dir: Path, addresses: list[str]) -> 
         settings = FrontendSettings(
             model_path=str(model_dir),
             scheduler_addresses=addresses,
-            http_port=_free_port(),
+            http_port=free_port(),
             default_max_tokens=16,
             health_check_interval_ms=100,
         )

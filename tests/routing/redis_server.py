@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from tests.free_port import free_port
 
 STARTUP_TIMEOUT_S = 15.0
 
@@ -41,18 +42,12 @@ def ensure_redis_server_installed() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def running_redis_server(work_dir: Path, port: int = 0) -> Iterator[str]:
     """Starts redis-server on loopback `port` (0 = a free one) without persistence; yields its
     URL and stops it on exit."""
     binary = ensure_redis_server_installed()
-    port = port or _free_port()
+    port = port or free_port()
     work_dir.mkdir(parents=True, exist_ok=True)
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     args += ["--dir", str(work_dir), "--daemonize", "no", "--loglevel", "warning"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,19 +28,13 @@ from tests.e2e.harness import (
     start_cluster,
     wait_all_blocks_free,
 )
+from tests.free_port import free_port
 from tests.telemetry.otlp_collector import CollectedSpan, OtlpCollector, SpanTree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FRONTEND, SCHEDULER, WORKER = "infermesh-frontend", "infermesh-scheduler", "infermesh-worker"
 SERVER_KIND = 2
-
-
-def _free_port() -> int:
-    # The config's metrics_port 0 means "off", so tests pick a free port themselves.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -57,7 +50,7 @@ class TracedCluster:
 def traced_cluster(tmp_path_factory) -> Iterator[TracedCluster]:
     collector = OtlpCollector()
     model_dir = build_served_model("llama", tmp_path_factory.mktemp("traced-model"))
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
 
     def observability(port: int) -> list[str]:
         return [

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
-import socket
 
 import pytest
 import torch
 
+from tests.free_port import free_port
 from tests.model_factory import build_random_model, transformers_greedy
 from tests.worker.conftest import make_runner
 from tests.worker.parallel_rank import NEW_TOKENS, PROMPTS, drive, run_rank, run_rank_that_diverges
@@ -34,16 +34,10 @@ def parallel_models(tmp_path_factory):
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_group(model_dir, tp: int, pp: int) -> dict[int, tuple]:
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    init_method = f"tcp://127.0.0.1:{_free_port()}"
+    init_method = f"tcp://127.0.0.1:{free_port()}"
     procs = [
         ctx.Process(target=run_rank, args=(str(model_dir), tp, pp, rank, init_method, results), daemon=True)
         for rank in range(tp * pp)
@@ -119,7 +113,7 @@ def test_kv_heads_are_replicated_when_fewer_than_tp_ranks(parallel_models, singl
 def test_rank_that_refuses_a_step_releases_its_peers_and_the_group_can_rebuild(parallel_models):
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    init_methods = [f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"]
+    init_methods = [f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"]
     procs = [
         ctx.Process(
             target=run_rank_that_diverges, args=(str(parallel_models["qwen2"]), r, init_methods, results)

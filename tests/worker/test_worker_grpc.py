@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 
+from tests.free_port import free_port
 from tests.model_factory import transformers_greedy
 from tests.worker.step_plans import StepPlanner
 
@@ -93,12 +93,6 @@ def start_worker(scheduler_address: str, *extra: str) -> tuple[subprocess.Popen,
     return process, address, lines
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def stop_worker(process: subprocess.Popen) -> int:
     process.terminate()
     try:
@@ -110,7 +104,7 @@ def stop_worker(process: subprocess.Popen) -> int:
 
 def test_worker_registers_and_serves_steps(fake_scheduler, model_dirs):
     scheduler, scheduler_address = fake_scheduler
-    metrics_port = _free_port()
+    metrics_port = free_port()
     process, address, lines = start_worker(scheduler_address, "--metrics-port", str(metrics_port))
     try:
         registration = scheduler.registrations.get(timeout=30)
