@@ -14,8 +14,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
+from infermesh_shared.grpc_transport import open_aio_channel
 
 
 @dataclass(slots=True)
@@ -97,7 +97,7 @@ async def _bench_serving(args: argparse.Namespace) -> dict:
     # Lengths and token ids come from separate streams so every model sees the same lengths.
     rng = random.Random(args.seed)
     token_rng = random.Random(args.seed + 1)
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with open_aio_channel(args.address) as channel:
         stub = frontend_pb2_grpc.FrontendServiceStub(channel)
         info = (await stub.GetModelInfo(frontend_pb2.FrontendServiceGetModelInfoRequest(), timeout=30)).model
         vocab = info.vocab_size

@@ -7,6 +7,7 @@ import sys
 
 import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
+from infermesh_shared.grpc_transport import open_channel
 
 DEFAULT_FRONTEND_ADDRESS = "127.0.0.1:50050"
 
@@ -46,7 +47,7 @@ def _request_input(args: argparse.Namespace) -> frontend_pb2.GenerateInput:
 def run_generate(args: argparse.Namespace) -> int:
     """Prints the completion (or its deltas with --stream); returns the exit code."""
     try:
-        with grpc.insecure_channel(args.address) as channel:
+        with open_channel(args.address) as channel:
             stub = frontend_pb2_grpc.FrontendServiceStub(channel)
             request_input = _request_input(args)
             if args.stream:

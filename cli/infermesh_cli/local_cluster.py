@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from infermesh_shared.grpc_transport import open_channel
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def wait_serving(address: str, timeout_s: float, service: str = "") -> None:
     """Blocks until grpc.health.v1 at `address` says SERVING."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from infermesh_shared.config import load_config
+from infermesh_shared.grpc_transport import EXIT_PORT_IN_USE, PortInUseError
 from infermesh_shared.telemetry.grpc_aio_interceptors import aio_client_interceptors, aio_server_interceptors
 from infermesh_shared.telemetry.structured_logging import configure_service_logging
 from infermesh_shared.telemetry.tracing import init_tracing, shutdown_tracing
@@ -53,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.client_interceptors = aio_client_interceptors()
         settings.server_interceptors = aio_server_interceptors()
         asyncio.run(_serve(settings))
+    except PortInUseError as error:
+        sys.stderr.write(f"Error: {error}\n")
+        return EXIT_PORT_IN_USE
     except (UnsupportedOptionError, TokenizerLoadError) as error:
         sys.stderr.write(f"Error: Configuration validation failed\n  Caused by: {error}\n")
         return EXIT_BAD_CONFIG

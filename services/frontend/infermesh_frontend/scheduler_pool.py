@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 from infermesh_shared.discovery import ReplicaDiscovery, StaticDiscovery
+from infermesh_shared.grpc_transport import open_aio_channel
 
 from infermesh_frontend.routing import (
     DISPATCH_POLICIES,
@@ -224,7 +225,7 @@ class SchedulerPool:
 
     def _on_membership(self, added: list[str], removed: list[str]) -> None:
         for address in added:
-            channel = grpc.aio.insecure_channel(address, interceptors=self._interceptors or None)
+            channel = open_aio_channel(address, interceptors=self._interceptors)
             self._replicas[address] = SchedulerReplica(
                 address=address, channel=channel, stub=scheduler_pb2_grpc.SchedulerServiceStub(channel)
             )

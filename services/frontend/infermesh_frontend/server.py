@@ -8,10 +8,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
 from infermesh_shared.discovery import make_discovery, split_host_port
 from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
+from infermesh_shared.grpc_transport import aio_server, bind
 from infermesh_shared.telemetry.metrics_server import MetricsServer, create_registry, start_metrics_server
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
@@ -27,6 +27,8 @@ from infermesh_frontend.tokenizer import FrontendTokenizer
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = frontend_pb2.DESCRIPTOR.services_by_name["FrontendService"].full_name
+# The client-facing port is the one strangers reach: a generate request is small.
+CLIENT_MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 
 
 class UnsupportedOptionError(ValueError):
@@ -137,7 +139,7 @@ class FrontendServer:
         self.model_info = ModelInfoSource(self.pool)
         self.metrics = RequestMetrics(self.registry)
         self.metrics_server: MetricsServer | None = None
-        self.server = grpc.aio.server(interceptors=settings.server_interceptors or None)
+        self.server = aio_server(CLIENT_MAX_RECEIVE_BYTES, interceptors=settings.server_interceptors)
         self.runner = RequestRunner(
             self.tokenizer,
             self.pool,
@@ -160,9 +162,7 @@ class FrontendServer:
     async def start(self) -> int:
         """Binds and starts serving; returns the bound port."""
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot bind the frontend to {address}")
+        self.port = bind(self.server, address)
         await self.server.start()
         if self.http_server is not None:
             await self.http_server.start()

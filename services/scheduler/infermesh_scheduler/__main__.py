@@ -8,6 +8,7 @@ import sys
 
 from infermesh_shared.config import load_config
 from infermesh_shared.config.model_metadata import ModelMetadataError, read_model_metadata
+from infermesh_shared.grpc_transport import EXIT_PORT_IN_USE, PortInUseError
 from infermesh_shared.telemetry import configure_service_logging, init_tracing, shutdown_tracing
 
 from infermesh_scheduler.server import StartupError, serve
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     init_tracing(cfg.service_name, cfg.tracing_exporter, cfg.otlp_endpoint, cfg.tracing_sample_ratio)
     try:
         asyncio.run(serve(cfg, metadata))
+    except PortInUseError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return EXIT_PORT_IN_USE
     except StartupError as err:
         print(f"Error: scheduler cannot start\n  Caused by: {err}", file=sys.stderr)
         return 2

@@ -8,12 +8,12 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import grpc
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 from infermesh_shared.config.model_metadata import ModelMetadata
 from infermesh_shared.discovery.advertised_address import advertised_address
 from infermesh_shared.discovery.redis_registration import RedisRegistration
 from infermesh_shared.grpc_server import add_health_and_reflection
+from infermesh_shared.grpc_transport import aio_server, bind
 from infermesh_shared.telemetry import aio_server_interceptors, create_registry, start_metrics_server
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
 _SHUTDOWN_GRACE_S = 2.0
+# The largest message a scheduler receives is a Submit with a max_model_len prompt.
+_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 
 
 class StartupError(Exception):
@@ -58,16 +60,6 @@ def group_settings(cfg: Any, max_model_len: int) -> WorkerGroupSettings:
         load_timeout_s=cfg.worker_load_timeout_ms / 1000.0,
         recovery_timeout_s=cfg.group_recovery_timeout_ms / 1000.0,
     )
-
-
-def _listen(server: grpc.aio.Server, address: str, what: str) -> int:
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise StartupError(f"cannot listen on {address} ({what}): is it in use by another process?")
-    return port
 
 
 async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = None) -> None:
@@ -100,11 +92,10 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         on_change=lambda: engine.on_group_changed(),
         check_pool=check_pool,
     )
-    server = grpc.aio.server(
-        migration_thread_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
-        # No SO_REUSEPORT: a second scheduler on the same port must fail, not share the traffic.
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+    server = aio_server(
+        _MAX_RECEIVE_BYTES,
         interceptors=aio_server_interceptors(),
+        migration_thread_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     registry = create_registry() if cfg.metrics_port else None
@@ -149,13 +140,13 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         ),
         server,
     )
-    port = _listen(server, f"{cfg.host}:{cfg.port}", "host:port")
+    port = bind(server, f"{cfg.host}:{cfg.port}")
     if cfg.worker_endpoint:
         try:
             worker_address = listen_address(cfg.worker_endpoint)
         except WorkerEndpointError as err:
             raise StartupError(str(err)) from None
-        _listen(server, worker_address, f"worker_endpoint {cfg.worker_endpoint}")
+        bind(server, worker_address, what=f"worker_endpoint {cfg.worker_endpoint}")
         logger.info("workers may also register on %s", worker_address)
     metrics_server = None
     if registry is not None:

@@ -23,6 +23,7 @@ from enum import Enum
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from infermesh.v1 import worker_pb2, worker_pb2_grpc
+from infermesh_shared.grpc_transport import open_aio_channel
 from infermesh_shared.telemetry import aio_client_interceptors
 
 logger = logging.getLogger(__name__)
@@ -211,9 +212,7 @@ class WorkerGroup:
             )
         self._next_id += 1
         worker_id = f"w{self._next_id}"
-        channel = grpc.aio.insecure_channel(
-            address, options=_CHANNEL_OPTIONS, interceptors=aio_client_interceptors()
-        )
+        channel = open_aio_channel(address, options=_CHANNEL_OPTIONS, interceptors=aio_client_interceptors())
         self._workers[worker_id] = WorkerHandle(
             worker_id=worker_id,
             name=name or worker_id,

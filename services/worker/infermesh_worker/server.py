@@ -10,10 +10,10 @@ import sys
 import threading
 from concurrent import futures
 
-import grpc
 import torch
 from infermesh.v1 import worker_pb2, worker_pb2_grpc
 from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
+from infermesh_shared.grpc_transport import EXIT_PORT_IN_USE, PortInUseError, bind, open_channel, sync_server
 from infermesh_shared.telemetry import (
     WorkerMetrics,
     configure_service_logging,
@@ -84,19 +84,22 @@ def run(cfg) -> int:
         device, kv_cache_memory_bytes=cfg.kv_cache_memory_bytes, dist_timeout_s=cfg.dist_timeout_ms / 1000.0
     )
     servicer = WorkerServicer(runner, metrics)
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=8), interceptors=sync_server_interceptors(), options=options
+    server = sync_server(
+        futures.ThreadPoolExecutor(max_workers=8),
+        MAX_MESSAGE_BYTES,
+        interceptors=sync_server_interceptors(),
+        options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
     )
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
-    if port == 0:
-        print(f"Error: cannot bind {cfg.host}:{cfg.port}", file=sys.stderr)
-        return 2
+    try:
+        port = bind(server, f"{cfg.host}:{cfg.port}")
+    except PortInUseError as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        servicer.close()
+        if metrics_server is not None:
+            metrics_server.stop()
+        return EXIT_PORT_IN_USE
     server.start()
     set_serving(health, [SERVICE_NAME], True)
     address = f"{advertised_host(cfg.host)}:{port}"
@@ -111,7 +114,7 @@ def run(cfg) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    channel = traced_channel(grpc.insecure_channel(cfg.scheduler_address))
+    channel = traced_channel(open_channel(cfg.scheduler_address))
 
     def register() -> None:
         register_with_scheduler(

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from infermesh_shared.grpc_transport import PortInUseError
 from infermesh_shared.telemetry import extract_context_from_headers, get_tracer
 from infermesh_shared.telemetry import semconv as sc
 from opentelemetry import trace
@@ -232,8 +233,12 @@ class OpenAIHttpServer:
     async def start(self) -> int:
         """Starts serving; returns the bound port."""
         await self._app_runner.setup()
-        site = web.TCPSite(self._app_runner, self._host, self._requested_port)
-        await site.start()
+        site = web.TCPSite(self._app_runner, self._host, self._requested_port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError:
+            await self._app_runner.cleanup()
+            raise PortInUseError(f"{self._host}:{self._requested_port}", "http_port") from None
         self.port = self._app_runner.addresses[0][1]
         return self.port
 
