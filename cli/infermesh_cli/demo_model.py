@@ -12,11 +12,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
-
-from infermesh_cli.demo_tokenizer import build_demo_tokenizer, write_tokenizer_files
+if TYPE_CHECKING:  # torch is imported only when weights are written: `infermesh --help` stays fast
+    import torch
 
 # Bump when the recipe changes so an old cached copy is not served under the new name.
 DEMO_MODEL_NAME = "infermesh-demo-llama-v1"
@@ -69,6 +68,10 @@ def write_llama_checkpoint(
     seed: int,
 ) -> Path:
     """Writes a Llama checkpoint with seeded random weights and a byte-level BPE tokenizer."""
+    from safetensors.torch import save_file
+
+    from infermesh_cli.demo_tokenizer import build_demo_tokenizer, write_tokenizer_files
+
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_demo_tokenizer(vocab_size)
     write_tokenizer_files(out_dir, tokenizer)
@@ -102,6 +105,8 @@ def write_llama_checkpoint(
 
 
 def _llama_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     hidden = config["hidden_size"]
     head_dim = config["head_dim"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-import grpc
-from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
-from infermesh_shared.grpc_transport import open_channel
+if TYPE_CHECKING:  # grpc and the stubs load in the handler, so `infermesh --help` does not pay for them
+    from infermesh.v1 import frontend_pb2
 
 DEFAULT_FRONTEND_ADDRESS = "127.0.0.1:50050"
 
@@ -36,6 +36,8 @@ def add_generate_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _request_input(args: argparse.Namespace) -> frontend_pb2.GenerateInput:
+    from infermesh.v1 import frontend_pb2
+
     sampling = frontend_pb2.ClientSamplingParams(stop=args.stop, ignore_eos=args.ignore_eos)
     for field in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
         value = getattr(args, field)
@@ -46,6 +48,10 @@ def _request_input(args: argparse.Namespace) -> frontend_pb2.GenerateInput:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Prints the completion (or its deltas with --stream); returns the exit code."""
+    import grpc
+    from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
+    from infermesh_shared.grpc_transport import open_channel
+
     try:
         with open_channel(args.address) as channel:
             stub = frontend_pb2_grpc.FrontendServiceStub(channel)

@@ -9,8 +9,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-from infermesh_cli.local_cluster import ClusterSpec, LocalCluster, ServiceStartError
-
 
 def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -54,6 +52,8 @@ def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from infermesh_cli.local_cluster import ClusterSpec, LocalCluster, ServiceStartError
+
     if args.model_path is None:
         from infermesh_cli.demo_model import ensure_demo_model
 
