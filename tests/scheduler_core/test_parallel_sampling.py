@@ -17,7 +17,7 @@ def test_forked_completions_share_prompt_blocks_and_copy_the_last_one():
     tokens: dict = {}
     for out in sched.update(plan, worker.execute(plan)):
         tokens.setdefault(out.index, []).extend(out.new_token_ids)
-    pool = sched._pool
+    pool = sched.kv.gpu_pool
     assert [pool.refcount[b] for b in parent_blocks] == [3, 3, 3]
     plan = sched.schedule()
     children = plan.new_sequences

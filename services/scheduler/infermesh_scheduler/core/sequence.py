@@ -61,6 +61,22 @@ class Sequence:
     # neither scheduled again nor preempted until then.
     in_flight: bool = False
 
+    def reset_to_waiting(self) -> bool:
+        """Forget all KV progress: the sequence recomputes from its first token (prompt plus the
+        tokens it generated so far). Blocks must already be given back. Returns whether the worker
+        held it (the caller tells the worker to forget it, when the worker still can)."""
+        was_sent = self.sent
+        self.status = SeqStatus.WAITING
+        self.block_ids = []
+        self.cpu_block_ids = []
+        self.new_block_ids = []
+        self.num_computed_tokens = 0
+        self.num_cached_blocks = 0
+        self.cow_block_index = -1
+        self.sent = False
+        self.preempted = True
+        return was_sent
+
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
