@@ -79,7 +79,7 @@ def _sample_count(registry, name: str, labels: dict[str, str] | None = None) -> 
 
 
 def test_request_and_step_spans_with_events_and_metrics(traced_process: OtlpCollector) -> None:
-    registry = create_registry()
+    registry = create_registry("scheduler")
     requests, state = RequestMetrics(registry), SchedulerMetrics(registry, lambda: None)
     telemetry = SchedulerTelemetry(requests, state)
     source = FakeStepSource()
@@ -166,7 +166,7 @@ def test_request_and_step_spans_with_events_and_metrics(traced_process: OtlpColl
 
 
 def test_metrics_only_builds_no_spans() -> None:
-    registry = create_registry()
+    registry = create_registry("scheduler")
     telemetry = SchedulerTelemetry(RequestMetrics(registry), SchedulerMetrics(registry, lambda: None))
     telemetry.request_queued(_spec("a", 2))
     source = FakeStepSource(inflight=["a"])
@@ -190,7 +190,7 @@ def test_no_telemetry_object_when_tracing_and_metrics_are_off() -> None:
 
 def test_load_gauges_are_read_on_the_event_loop() -> None:
     async def scrape_from_another_thread() -> dict[str, float]:
-        registry = create_registry()
+        registry = create_registry("scheduler")
         load = LoadSnapshot(
             num_waiting=3, num_running=2, num_preempted=0, total_blocks=10, free_blocks=4, cached_blocks=2,
             prefix_cache_queries=64, prefix_cache_hits=16, num_waiting_tokens=0, num_preemptions=5,

@@ -27,7 +27,7 @@ WORKLOAD = [(f"r{i}", [(i * 13 + j) % 47 + 1 for j in range(5 + 3 * i)], 12 + i)
 def test_preemptions_become_span_events(traced_process: OtlpCollector, swap: bool) -> None:
     overrides = {"enable_swap": True, "num_cpu_blocks": 64} if swap else {}
     sched, worker = make_pair(block_size=4, max_model_len=64, num_blocks=10, **overrides)
-    registry = create_registry()
+    registry = create_registry("scheduler")
     telemetry = SchedulerTelemetry(RequestMetrics(registry), SchedulerMetrics(registry, lambda: None))
     for rid, prompt, max_tokens in WORKLOAD:
         spec = make_spec(rid, prompt, max_tokens)

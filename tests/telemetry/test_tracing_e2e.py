@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,7 +17,6 @@ import grpc
 import pytest
 from infermesh.v1 import common_pb2, frontend_pb2, scheduler_pb2
 from infermesh_shared.telemetry import semconv as sc
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import (
     build_served_model,
@@ -29,6 +27,7 @@ from tests.e2e.harness import (
     wait_all_blocks_free,
 )
 from tests.free_port import free_port
+from tests.telemetry.metrics_scrape import scrape_service
 from tests.telemetry.otlp_collector import CollectedSpan, OtlpCollector, SpanTree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -195,16 +194,6 @@ def test_client_traceparent_is_continued_through_every_service(traced_cluster: T
     assert _one(tree, sc.SPAN_SCHEDULER_REQUEST).attributes[sc.REQUEST_ID] == "client-traced"
 
 
-def _scrape(url: str) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def _delta(after: dict, before: dict, name: str, **labels: str) -> float:
     key = (name, tuple(sorted(labels.items())))
     return after.get(key, 0.0) - before.get(key, 0.0)
@@ -212,9 +201,11 @@ def _delta(after: dict, before: dict, name: str, **labels: str) -> float:
 
 def test_metrics_count_every_request_and_rejection(traced_cluster: TracedCluster) -> None:
     wait_all_blocks_free(traced_cluster.cluster.scheduler_address)
-    front_before = _scrape(traced_cluster.frontend_metrics)
-    sched_before = _scrape(traced_cluster.scheduler_metrics)
-    worker_before = _scrape(traced_cluster.worker_metrics)
+    # Every series names its service and the served model (the model directory's name).
+    model = traced_cluster.cluster.spec.model_path.name
+    front_before = scrape_service(traced_cluster.frontend_metrics, "frontend", model)
+    sched_before = scrape_service(traced_cluster.scheduler_metrics, "scheduler", model)
+    worker_before = scrape_service(traced_cluster.worker_metrics, "worker", model)
     n = 3
     for i in range(n):
         _generate(traced_cluster, f"counted-{i}", max_tokens=3)
@@ -233,9 +224,9 @@ def test_metrics_count_every_request_and_rejection(traced_cluster: TracedCluster
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     wait_all_blocks_free(traced_cluster.cluster.scheduler_address)
 
-    front = _scrape(traced_cluster.frontend_metrics)
-    sched = _scrape(traced_cluster.scheduler_metrics)
-    worker = _scrape(traced_cluster.worker_metrics)
+    front = scrape_service(traced_cluster.frontend_metrics, "frontend", model)
+    sched = scrape_service(traced_cluster.scheduler_metrics, "scheduler", model)
+    worker = scrape_service(traced_cluster.worker_metrics, "worker", model)
     for after, before in ((front, front_before), (sched, sched_before)):
         assert _delta(after, before, "infermesh_requests_total", status="ok") == n
         assert _delta(after, before, "infermesh_time_to_first_token_seconds_count") == n
@@ -244,6 +235,12 @@ def test_metrics_count_every_request_and_rejection(traced_cluster: TracedCluster
         # Two gaps between three tokens per request.
         assert _delta(after, before, "infermesh_inter_token_latency_seconds_count") == 2 * n
         assert _delta(after, before, "infermesh_requests_total", status="invalid_argument") == 1
+        assert _delta(after, before, "infermesh_request_success_total", finished_reason="length") == n
+        assert _delta(after, before, "infermesh_request_generation_tokens_sum") == 3 * n
+        assert _delta(after, before, "infermesh_request_prompt_tokens_count") == n
+    assert _delta(sched, sched_before, "infermesh_request_prefill_time_seconds_count") == n
+    assert _delta(sched, sched_before, "infermesh_request_decode_time_seconds_count") == n
+    assert [key for key in sched if key[0] == "infermesh_cache_config_info"], sched.keys()
     assert _delta(sched, sched_before, "infermesh_queue_time_seconds_count") == n
     assert sched[("infermesh_requests_running", ())] == 0
     assert sched[("infermesh_kv_cache_usage_ratio", ())] == 0

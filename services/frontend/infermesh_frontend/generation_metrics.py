@@ -31,14 +31,14 @@ class GenerationTimer:
                 self._metrics.inter_token_latency.observe(gap)
         self._last_token_at = now
 
-    def finished(self, usage: common_pb2.Usage) -> None:
-        """Records a request that ended normally."""
+    def finished(self, usage: common_pb2.Usage, finish_reason: int) -> None:
+        """Records a request that ended normally; `finish_reason` is its first completion's."""
         if self._metrics is None:
             return
-        self._metrics.e2e_request_latency.observe(time.monotonic() - self._start)
-        self._metrics.prompt_tokens.inc(usage.prompt_tokens)
-        self._metrics.generation_tokens.inc(usage.completion_tokens)
-        self._metrics.request_ended(grpc.StatusCode.OK)
+        reason = common_pb2.FinishReason.Name(finish_reason).removeprefix("FINISH_REASON_").lower()
+        self._metrics.request_finished(
+            usage.prompt_tokens, usage.completion_tokens, reason, time.monotonic() - self._start
+        )
 
     def failed(self, code: grpc.StatusCode) -> None:
         """Records a request that ended with an error status (or was cancelled)."""

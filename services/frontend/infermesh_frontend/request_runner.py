@@ -121,8 +121,8 @@ class RequestRunner:
                     timer.tokens_arrived(len(delta.token_ids))
                     request_trace.tokens_received(len(delta.token_ids))
                     if delta.usage is not None:
-                        timer.finished(delta.usage)
                         reasons = [output.finish_reason for output in generation.outputs]
+                        timer.finished(delta.usage, reasons[0])
                         request_trace.end(grpc.StatusCode.OK, usage=delta.usage, finish_reasons=reasons)
                     yield delta
         except RequestError as error:

@@ -126,7 +126,7 @@ class FrontendServer:
             dns_name=settings.dns_name,
             redis_url=settings.redis_url,
         )
-        self.registry = create_registry()
+        self.registry = create_registry("frontend")
         self.pool = SchedulerPool(
             settings.scheduler_addresses,
             settings.dispatch_policy,
@@ -183,6 +183,7 @@ class FrontendServer:
             try:
                 model = await self.model_info.fetch()
                 serving = True
+                self.registry.model_name = model.model_name
                 if not self._serving:
                     logger.info(
                         "scheduler answered: model %s, vocab %d, max_model_len %d",

@@ -25,6 +25,7 @@ def figures_from_snapshot(snapshot: LoadSnapshot) -> SchedulerLoadFigures:
         prefix_cache_queries=snapshot.prefix_cache_queries,
         prefix_cache_hits=snapshot.prefix_cache_hits,
         preemptions=snapshot.num_preemptions,
+        total_blocks=total,
     )
 
 

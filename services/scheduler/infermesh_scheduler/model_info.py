@@ -24,6 +24,11 @@ def resolve_max_model_len(configured: int, metadata: ModelMetadata) -> int:
     return configured
 
 
+def model_name(model_path: str) -> str:
+    """The name the model is served under: its directory's name."""
+    return os.path.basename(os.path.normpath(model_path))
+
+
 def build_model_info(
     model_path: str,
     metadata: ModelMetadata,
@@ -36,7 +41,7 @@ def build_model_info(
 ) -> common_pb2.ModelInfo:
     """ModelInfo as GetModelInfo serves it."""
     return common_pb2.ModelInfo(
-        model_name=os.path.basename(os.path.normpath(model_path)),
+        model_name=model_name(model_path),
         architecture=metadata.architecture,
         vocab_size=metadata.vocab_size,
         max_model_len=max_model_len,

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import grpc
 from infermesh_shared.telemetry import (
+    CacheConfig,
     RequestMetrics,
     SchedulerMetrics,
     get_tracer,
@@ -41,7 +42,9 @@ _SERVER_ERROR_CODES = frozenset(
 
 
 def build_scheduler_telemetry(
-    registry: CollectorRegistry | None, current_scheduler: Callable[[], Scheduler | None]
+    registry: CollectorRegistry | None,
+    current_scheduler: Callable[[], Scheduler | None],
+    cache_config: CacheConfig | None = None,
 ) -> SchedulerTelemetry | None:
     """The service's telemetry: metrics into `registry` (None: no /metrics), spans when tracing is on.
 
@@ -54,7 +57,7 @@ def build_scheduler_telemetry(
     if registry is not None:
         request_metrics = RequestMetrics(registry)
         scheduler_metrics = SchedulerMetrics(
-            registry, load_reader(asyncio.get_running_loop(), current_scheduler)
+            registry, load_reader(asyncio.get_running_loop(), current_scheduler), cache_config
         )
     return SchedulerTelemetry(request_metrics, scheduler_metrics)
 
@@ -83,6 +86,8 @@ class _LiveRequest:
     preempted: bool = False
     num_preemptions: int = 0
     finish_reasons: list[str] = field(default_factory=list)
+    # Completion 0's, the `finished_reason` label of the request's success count.
+    first_finish_reason: str = "stop"
     usage: Usage | None = None
 
 
@@ -136,16 +141,21 @@ class SchedulerTelemetry:
         """The Submit stream of a queued request ended with `code` (OK when it ran to its end)."""
         live = self._live.pop(request_id, None)
         self._unscheduled.discard(request_id)
+        now = time.monotonic()
         if self._requests is not None:
-            self._requests.request_ended(code)
+            if live is not None and code is grpc.StatusCode.OK:
+                self._requests.request_finished(
+                    live.num_prompt_tokens,
+                    live.num_output_tokens,
+                    live.first_finish_reason,
+                    now - live.arrival,
+                )
+            else:
+                self._requests.request_ended(code)
         if live is None:
             return
-        now = time.monotonic()
-        metrics = self._requests
-        if metrics is not None and code is grpc.StatusCode.OK:
-            metrics.e2e_request_latency.observe(now - live.arrival)
-            metrics.prompt_tokens.inc(live.num_prompt_tokens)
-            metrics.generation_tokens.inc(live.num_output_tokens)
+        if self._scheduler is not None and code is grpc.StatusCode.OK:
+            self._scheduler.request_phases_ended(live.scheduled_at, live.first_token_at, live.last_token_at)
         span = live.span
         if span is None:
             return
@@ -266,6 +276,8 @@ class SchedulerTelemetry:
                 live.num_output_tokens += count
             if output.finish_reason is not None:
                 live.finish_reasons.append(output.finish_reason.value)
+                if output.index == 0:
+                    live.first_finish_reason = output.finish_reason.value
             if output.usage is not None:
                 live.usage = output.usage
 

@@ -14,12 +14,17 @@ from infermesh_shared.discovery.advertised_address import advertised_address
 from infermesh_shared.discovery.redis_registration import RedisRegistration
 from infermesh_shared.grpc_server import add_health_and_reflection
 from infermesh_shared.grpc_transport import aio_server, bind
-from infermesh_shared.telemetry import aio_server_interceptors, create_registry, start_metrics_server
+from infermesh_shared.telemetry import (
+    CacheConfig,
+    aio_server_interceptors,
+    create_registry,
+    start_metrics_server,
+)
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
 from infermesh_scheduler.core.scheduler import Scheduler
 from infermesh_scheduler.engine_loop import EngineLoop, EngineSettings
-from infermesh_scheduler.model_info import build_model_info, resolve_max_model_len
+from infermesh_scheduler.model_info import build_model_info, model_name, resolve_max_model_len
 from infermesh_scheduler.request_telemetry import build_scheduler_telemetry
 from infermesh_scheduler.servicer import SchedulerServicer
 from infermesh_scheduler.serving_health import ServingHealth
@@ -98,8 +103,9 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         migration_thread_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
-    registry = create_registry() if cfg.metrics_port else None
-    telemetry = build_scheduler_telemetry(registry, lambda: engine.scheduler)
+    registry = create_registry("scheduler", model_name(cfg.model_path)) if cfg.metrics_port else None
+    cache_config = CacheConfig(cfg.block_size, cfg.dtype, cfg.enable_prefix_cache, cfg.enable_swap)
+    telemetry = build_scheduler_telemetry(registry, lambda: engine.scheduler, cache_config)
 
     def num_waiting() -> int:
         scheduler = engine.scheduler

@@ -76,7 +76,7 @@ def run(cfg) -> int:
     metrics = None
     metrics_server = None
     if cfg.metrics_port > 0:
-        registry = create_registry()
+        registry = create_registry("worker")
         metrics = WorkerMetrics(registry)
         metrics_server = start_metrics_server(cfg.metrics_port, registry, cfg.host)
 

@@ -113,6 +113,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
         self._restart_chain()
         result = self._call(context, "LoadModel", self.runner.load_model, spec)
+        if self.metrics is not None:
+            self.metrics.model_loaded(spec.model_path)
         logger.info("model loaded: %d KV blocks of %d bytes fit", result.max_num_blocks, result.block_bytes)
         return worker_pb2.LoadModelResponse(
             max_num_blocks=result.max_num_blocks, block_bytes=result.block_bytes

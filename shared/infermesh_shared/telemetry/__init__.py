@@ -23,7 +23,7 @@ from infermesh_shared.telemetry.grpc_sync_interceptors import (
 )
 from infermesh_shared.telemetry.metrics_server import MetricsServer, create_registry, start_metrics_server
 from infermesh_shared.telemetry.request_metrics import RequestMetrics, status_label
-from infermesh_shared.telemetry.scheduler_metrics import SchedulerLoadFigures, SchedulerMetrics
+from infermesh_shared.telemetry.scheduler_metrics import CacheConfig, SchedulerLoadFigures, SchedulerMetrics
 from infermesh_shared.telemetry.step_spans import activate_span, start_step_span
 from infermesh_shared.telemetry.structured_logging import (
     TRACE,
@@ -46,6 +46,7 @@ __all__ = [
     "AioTracingServerInterceptor",
     "MetricsServer",
     "RequestMetrics",
+    "CacheConfig",
     "SchedulerLoadFigures",
     "SchedulerMetrics",
     "TracingClientInterceptor",

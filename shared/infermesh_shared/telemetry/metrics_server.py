@@ -7,21 +7,23 @@ from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
-    CollectorRegistry,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
     start_http_server,
 )
 
+from infermesh_shared.telemetry.service_registry import ServiceRegistry
 
-def create_registry() -> CollectorRegistry:
-    """A fresh registry with the process, platform and GC collectors.
+
+def create_registry(service: str, model_name: str = "") -> ServiceRegistry:
+    """A fresh registry with the process, platform and GC collectors, its series labelled
+    `service` (frontend, scheduler, worker) and `model_name`.
 
     Each service builds its metrics in its own registry instead of prometheus_client's global
     one, so a test process can hold several services' metrics without name clashes.
     """
-    registry = CollectorRegistry(auto_describe=True)
+    registry = ServiceRegistry(service, model_name)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -47,7 +49,7 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def start_metrics_server(port: int, registry: CollectorRegistry, host: str = "127.0.0.1") -> MetricsServer:
+def start_metrics_server(port: int, registry: ServiceRegistry, host: str = "127.0.0.1") -> MetricsServer:
     """Serves `registry` at http://host:port/metrics from a daemon thread.
 
     `port=0` binds a free port (read it from the result's `.port`); the config option
