@@ -6,17 +6,27 @@ Setups run one after another in one invocation, so their figures compare as rati
     .venv/bin/python scripts/bench_matrix.py --setups tp1 tp2 pp2 --num-requests 64 --concurrency 64
     .venv/bin/python scripts/bench_matrix.py --model-preset llama-100m --setups tp1
     .venv/bin/python scripts/bench_matrix.py --setups prefix-on prefix-off --shared-prefix-len 256
+    # issue 17's workload on the ~100M preset and the demo model, this tree against an older one:
+    .venv/bin/python scripts/bench_matrix.py --workload peers-64 --model-preset llama-100m demo \
+        --baseline-src /tmp/infermesh-before
+
+Every setup gets a fresh cluster, so no prefix is cached from an earlier run. With --baseline-src
+(a checkout of another commit with its stubs generated: `python scripts/gen_protos.py` there),
+each setup runs twice, before (that tree's services, via PYTHONPATH) and after (this tree), and
+the line of the second run carries the after/before ratio of output tokens/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from infermesh_cli.bench_workload import WORKLOADS
 from infermesh_cli.demo_model import ensure_demo_model, write_llama_checkpoint
 from infermesh_cli.local_cluster import ClusterSpec, LocalCluster
 from infermesh_cli.make_model_command import PRESETS
@@ -35,7 +45,13 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=["tp1"])
-    parser.add_argument("--model-preset", choices=sorted(PRESETS), default="demo")
+    parser.add_argument("--model-preset", nargs="+", choices=sorted(PRESETS), default=["demo"])
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), help="a fixed workload (e.g. peers-64)")
+    parser.add_argument(
+        "--baseline-src", type=Path, help="also run each setup on the services of this source tree, first"
+    )
+    parser.add_argument("--scheduler-args", default="", help="extra scheduler flags for every setup")
+    parser.add_argument("--worker-args", default="", help="extra worker flags for every setup")
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--shared-prefix-len", type=int, default=0)
@@ -44,46 +60,65 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="infermesh-bench-"))
-    if args.model_preset == "demo":
-        model = ensure_demo_model()
-    else:
-        model = write_llama_checkpoint(work / args.model_preset, seed=0, **PRESETS[args.model_preset])
-    for name in args.setups:
-        setup = SETUPS[name]
-        spec = ClusterSpec(
-            model_path=model,
-            tp_size=setup.get("tp_size", 1),
-            pp_size=setup.get("pp_size", 1),
-            scheduler_args=["--dtype", "fp32", *setup.get("scheduler_args", [])],
-            log_dir=work / f"logs-{name}",
-        )
-        with LocalCluster(spec) as cluster:
-            bench = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "infermesh_cli",
-                    "bench",
-                    "--address",
-                    cluster.frontend_address,
-                    "--num-requests",
-                    str(args.num_requests),
-                    "--concurrency",
-                    str(args.concurrency),
-                    "--shared-prefix-len",
-                    str(args.shared_prefix_len),
-                    "--prompt-len",
-                    *args.prompt_len,
-                    "--output-len",
-                    *args.output_len,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-        result = json.loads(bench.stdout.strip().splitlines()[-1])
-        print(json.dumps({"setup": name, "model_preset": args.model_preset, **result}), flush=True)
+    trees = [("before", _tree_env(args.baseline_src))] if args.baseline_src else []
+    trees.append(("after" if args.baseline_src else "this", None))
+    for preset in args.model_preset:
+        if preset == "demo":
+            model = ensure_demo_model()
+        else:
+            model = write_llama_checkpoint(work / preset, seed=0, **PRESETS[preset])
+        for name in args.setups:
+            before = None
+            for tree, env in trees:
+                result = _run_setup(args, name, model, work / f"logs-{preset}-{name}-{tree}", env)
+                line = {"setup": name, "model_preset": preset, "tree": tree, **result}
+                if tree == "before":
+                    before = result["output_tokens_per_s"]
+                elif before:
+                    line["after_over_before"] = round(result["output_tokens_per_s"] / before, 3)
+                print(json.dumps(line), flush=True)
     return 0
+
+
+def _tree_env(src: Path) -> dict[str, str]:
+    """An environment whose Python imports every infermesh package from `src` first."""
+    src = src.resolve()
+    roots = ["shared", "services/scheduler", "services/worker", "services/frontend", "cli"]
+    missing = [r for r in roots if not (src / r).is_dir()]
+    if missing or not (src / "shared/infermesh/v1").is_dir():
+        raise SystemExit(f"error: {src} is not an infermesh checkout with generated stubs ({missing})")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(src / r) for r in roots] + [env.get("PYTHONPATH", "")])
+    return env
+
+
+def _run_setup(args: argparse.Namespace, name: str, model: Path, log_dir: Path, env) -> dict:
+    setup = SETUPS[name]
+    spec = ClusterSpec(
+        model_path=model,
+        tp_size=setup.get("tp_size", 1),
+        pp_size=setup.get("pp_size", 1),
+        scheduler_args=["--dtype", "fp32", *setup.get("scheduler_args", []), *args.scheduler_args.split()],
+        worker_args=args.worker_args.split(),
+        log_dir=log_dir,
+        env=env,
+    )
+    command = [sys.executable, "-m", "infermesh_cli", "bench", "--concurrency", str(args.concurrency)]
+    if args.workload:
+        command += ["--workload", args.workload]
+    else:
+        command += [
+            "--num-requests",
+            str(args.num_requests),
+            "--shared-prefix-len",
+            str(args.shared_prefix_len),
+        ]
+        command += ["--prompt-len", *args.prompt_len, "--output-len", *args.output_len]
+    with LocalCluster(spec) as cluster:
+        bench = subprocess.run(
+            [*command, "--address", cluster.frontend_address], capture_output=True, text=True, check=True
+        )
+    return json.loads(bench.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

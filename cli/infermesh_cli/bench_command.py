@@ -9,13 +9,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
 from infermesh_shared.grpc_transport import open_aio_channel
+
+from infermesh_cli.bench_workload import (
+    WORKLOADS,
+    BenchRequest,
+    check_fits,
+    fit_to_vocab,
+    load_dataset,
+    random_workload,
+)
 
 
 @dataclass(slots=True)
@@ -67,6 +76,19 @@ def add_bench_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="every prompt starts with the same this many tokens (prefix-cache workloads)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random workload")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--workload",
+        choices=sorted(WORKLOADS),
+        help="a fixed, named workload instead of random lengths (peers-64: issue 17's 64 requests, "
+        "14,946 prompt / 4,444 output tokens; run it on a fresh cluster so no prefix is cached)",
+    )
+    source.add_argument(
+        "--dataset",
+        type=Path,
+        metavar="FILE.jsonl",
+        help='requests from JSON lines {"prompt_token_ids": [...], "output_len": N}',
+    )
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="give up after this long")
     parser.add_argument(
         "--sizes",
@@ -88,28 +110,40 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     if args.num_requests < 1 or args.concurrency < 1:
         raise SystemExit("error: --num-requests and --concurrency must be >= 1")
-    result = asyncio.run(asyncio.wait_for(_bench_serving(args), args.timeout_s))
+    fixed = None
+    try:
+        if args.workload:
+            fixed = WORKLOADS[args.workload]()
+        elif args.dataset:
+            fixed = load_dataset(args.dataset)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    result = asyncio.run(asyncio.wait_for(_bench_serving(args, fixed), args.timeout_s))
     print(json.dumps(result), flush=True)
     return 0
 
 
-async def _bench_serving(args: argparse.Namespace) -> dict:
-    # Lengths and token ids come from separate streams so every model sees the same lengths.
-    rng = random.Random(args.seed)
-    token_rng = random.Random(args.seed + 1)
+async def _bench_serving(args: argparse.Namespace, fixed: list[BenchRequest] | None) -> dict:
     async with open_aio_channel(args.address) as channel:
         stub = frontend_pb2_grpc.FrontendServiceStub(channel)
         info = (await stub.GetModelInfo(frontend_pb2.FrontendServiceGetModelInfoRequest(), timeout=30)).model
-        vocab = info.vocab_size
-        prefix = [token_rng.randrange(vocab) for _ in range(args.shared_prefix_len)]
-        workload = []
-        for _ in range(args.num_requests):
-            prompt_len = rng.randint(*args.prompt_len)
-            output_len = rng.randint(*args.output_len)
-            if info.max_model_len and prompt_len + output_len > info.max_model_len:
-                prompt_len = max(1, info.max_model_len - output_len)
-            tail = [token_rng.randrange(vocab) for _ in range(max(0, prompt_len - len(prefix)))]
-            workload.append(((prefix + tail)[: max(prompt_len, len(prefix))], output_len))
+        folded = False
+        if fixed is None:
+            workload = random_workload(
+                args.num_requests,
+                tuple(args.prompt_len),
+                tuple(args.output_len),
+                args.shared_prefix_len,
+                info.vocab_size,
+                info.max_model_len,
+                args.seed,
+            )
+        else:
+            try:
+                check_fits(fixed, info.max_model_len)
+            except ValueError as exc:
+                raise SystemExit(f"error: {exc}") from None
+            workload, folded = fit_to_vocab(fixed, info.vocab_size)
 
         gate = asyncio.Semaphore(args.concurrency)
 
@@ -134,7 +168,7 @@ async def _bench_serving(args: argparse.Namespace) -> dict:
                 return RequestTiming(ttft_s=(first or end) - start, e2e_s=end - start, output_tokens=produced)
 
         started = time.perf_counter()
-        timings = await asyncio.gather(*(one(p, n) for p, n in workload))
+        timings = await asyncio.gather(*(one(r.prompt, r.max_tokens) for r in workload))
         elapsed = time.perf_counter() - started
 
     total_out = sum(t.output_tokens for t in timings)
@@ -142,12 +176,15 @@ async def _bench_serving(args: argparse.Namespace) -> dict:
     tpots = [(t.e2e_s - t.ttft_s) * 1000 / (t.output_tokens - 1) for t in timings if t.output_tokens > 1]
     return {
         "model": info.model_name,
-        "num_requests": args.num_requests,
+        "workload": args.workload or (str(args.dataset) if args.dataset else "random"),
+        "token_ids_folded_into_vocab": folded,
+        "num_requests": len(workload),
+        "prompt_tokens": sum(len(r.prompt) for r in workload),
         "concurrency": args.concurrency,
         "duration_s": round(elapsed, 3),
         "output_tokens": total_out,
         "output_tokens_per_s": round(total_out / elapsed, 2),
-        "requests_per_s": round(args.num_requests / elapsed, 3),
+        "requests_per_s": round(len(workload) / elapsed, 3),
         "ttft_ms_p50": round(_percentile(ttfts, 50), 2),
         "ttft_ms_p99": round(_percentile(ttfts, 99), 2),
         "tpot_ms_p50": round(_percentile(tpots, 50), 2),
