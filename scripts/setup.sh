@@ -15,6 +15,9 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 .venv/bin/python scripts/gen_protos.py
 "${PIP[@]}" -e shared -e services/scheduler -e services/worker -e services/frontend -e cli
 "${PIP[@]}" -r requirements-dev.txt
+# The worker's CPU paged-attention kernel (C++/OpenMP), built once here rather than at the first
+# worker start; if it cannot be built the worker falls back to the torch path and says so.
+.venv/bin/python -m infermesh_worker.kernels.paged_attention_ext || echo "paged-attention kernel not built: torch fallback"
 
 if [ ! -x .tools/node_modules/.bin/buf ]; then
   npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf >/dev/null

@@ -5,6 +5,7 @@ Built once per step and shared by all layers, so the per-layer work is tensor op
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,10 +41,22 @@ class DecodeBatch:
 
 
 @dataclass(slots=True)
+class PagedBatch:
+    """Every token of the step for the in-place kernel: keys are read through the block tables."""
+
+    kernel: Callable  # kernels.paged_attention_ext's paged_attention
+    block_tables: torch.Tensor  # [B, max_blocks] int64, padded with block 0 (never read)
+    seq_of_token: torch.Tensor  # [T] row of block_tables each token belongs to
+    context_lens: torch.Tensor  # [T] keys a token sees: its position + 1
+    window: int  # sliding window in tokens, 0 = none
+
+
+@dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot each new token's K/V is written to
     decode: DecodeBatch | None
     prefills: list[PrefillSpan]
+    paged: PagedBatch | None = None  # set: one kernel call per layer instead of decode + prefills
 
 
 def _slots(block_table: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -58,9 +71,16 @@ def _window_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, sliding_window:
 
 
 def build_attention_metadata(
-    chunks: list[ScheduledChunk], block_size: int, sliding_window: int | None, device: torch.device
+    chunks: list[ScheduledChunk],
+    block_size: int,
+    sliding_window: int | None,
+    device: torch.device,
+    kernel: Callable | None = None,
 ) -> AttentionMetadata:
-    """Slot mapping plus decode/prefill grouping for `chunks` flattened in order."""
+    """Slot mapping plus, with `kernel`, the in-place kernel's inputs, else the decode/prefill
+    grouping of the gather path, for `chunks` flattened in order."""
+    if kernel is not None:
+        return _paged_metadata(chunks, block_size, sliding_window, device, kernel)
     prefill_slots: list[tuple[int, torch.Tensor]] = []
     prefills: list[PrefillSpan] = []
     decode_rows: list[int] = []
@@ -114,3 +134,29 @@ def build_attention_metadata(
     if decode_rows:
         slot_mapping[rows] = key_slots[torch.arange(len(decode_rows)), lengths - 1]
     return AttentionMetadata(slot_mapping=slot_mapping.to(device), decode=decode, prefills=prefills)
+
+
+def _paged_metadata(
+    chunks: list[ScheduledChunk],
+    block_size: int,
+    sliding_window: int | None,
+    device: torch.device,
+    kernel: Callable,
+) -> AttentionMetadata:
+    max_blocks = max(len(c.block_table) for c in chunks)
+    tables = torch.tensor([c.block_table + [0] * (max_blocks - len(c.block_table)) for c in chunks])
+    counts = torch.tensor([c.num_scheduled for c in chunks])
+    seq_of_token = torch.repeat_interleave(torch.arange(len(chunks)), counts)
+    # Position of each token: its sequence's first scheduled position plus its offset in the chunk.
+    starts = torch.tensor([c.num_computed for c in chunks])
+    first_row = torch.cumsum(counts, 0) - counts
+    positions = torch.arange(int(counts.sum())) - first_row[seq_of_token] + starts[seq_of_token]
+    slot_mapping = tables[seq_of_token, positions // block_size] * block_size + positions % block_size
+    paged = PagedBatch(
+        kernel=kernel,
+        block_tables=tables.to(device),
+        seq_of_token=seq_of_token.to(device),
+        context_lens=(positions + 1).to(device),
+        window=sliding_window or 0,
+    )
+    return AttentionMetadata(slot_mapping=slot_mapping.to(device), decode=None, prefills=[], paged=paged)

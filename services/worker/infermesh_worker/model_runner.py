@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from infermesh_worker.attention_metadata import ScheduledChunk, build_attention_metadata
 from infermesh_worker.checkpoint_reader import CheckpointReader
 from infermesh_worker.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from infermesh_worker.kernels.paged_attention_ext import load_paged_attention
 from infermesh_worker.kv_cache import DTYPE_SIZES, KVCache, kv_block_bytes
 from infermesh_worker.layers.sampler import Sampler
 from infermesh_worker.model_config import ModelConfig, load_model_config
@@ -110,6 +111,7 @@ class ModelRunner:
         self.sequences: dict[int, SequenceState] = {}
         self.broken_reason = ""
         self._attention_backends: Callable[[], AbstractContextManager] = contextlib.nullcontext
+        self._paged_kernel: Callable | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -125,6 +127,8 @@ class ModelRunner:
             raise InvalidArgumentError(f"model_path {spec.model_path!r} is not a directory on this worker")
         config = load_model_config(spec.model_path, spec.config_overrides_json)
         self._attention_backends = attention_backends(self.device, spec.enable_flash_attn)
+        # On CPU the in-place kernel replaces the per-step gather; CUDA keeps SDPA's kernels.
+        self._paged_kernel = load_paged_attention() if self.device.type == "cpu" else None
         # Check the split before joining the group so every rank fails the same way, at once.
         plan_shard(config, ParallelContext(spec.tp_size, spec.tp_rank, spec.pp_size, spec.pp_rank))
         self.shutdown()
@@ -393,7 +397,9 @@ class ModelRunner:
             if begin + count == len(state.token_ids):
                 sample_rows.append(len(input_ids) - 1)
                 samplers.append(state)
-        meta = build_attention_metadata(chunks, self.block_size, self.config.sliding_window, self.device)
+        meta = build_attention_metadata(
+            chunks, self.block_size, self.config.sliding_window, self.device, self._paged_kernel
+        )
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         with self._attention_backends():

@@ -1,5 +1,8 @@
-"""Attention over the paged KV cache: write this step's K/V into their slots, then attend over the
-keys gathered through each sequence's block table with torch SDPA."""
+"""Attention over the paged KV cache: write this step's K/V into their slots, then attend.
+
+With the C++ kernel (meta.paged) every token of the step is attended in one call that reads K/V in
+place through the block tables; otherwise keys are gathered through each block table and attended
+with torch SDPA (one padded call for the decodes, one per prefill chunk)."""
 
 from __future__ import annotations
 
@@ -31,6 +34,19 @@ class PagedAttention(nn.Module):
         v_cache = kv_layer[1].view(-1, self.num_kv_heads, self.head_dim)
         k_cache.index_copy_(0, meta.slot_mapping, k)
         v_cache.index_copy_(0, meta.slot_mapping, v)
+        paged = meta.paged
+        if paged is not None:
+            out = paged.kernel(
+                q.contiguous(),
+                kv_layer[0],
+                kv_layer[1],
+                paged.block_tables,
+                paged.seq_of_token,
+                paged.context_lens,
+                paged.window,
+                self.scale,
+            )
+            return out.reshape(out.shape[0], self.num_heads * self.head_dim)
 
         out = torch.empty_like(q)
         decode = meta.decode

@@ -1,0 +1,91 @@
+"""Builds (once per machine and source version) and loads the C++/OpenMP paged-attention kernel.
+
+The kernel is optional: without a compiler, or if the build fails, attention falls back to the
+pure-torch path (gather + SDPA) and the reason is logged once. `scripts/setup.sh` builds it ahead
+so a worker's first start does not pay the compile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("paged_attention.cpp")
+# The build uses -march=native: keyed by the CPU's feature flags so a copy of the environment on
+# another machine builds its own instead of loading instructions it may not have.
+DIR_ENV = "INFERMESH_KERNEL_DIR"
+DISABLE_ENV = "INFERMESH_DISABLE_PAGED_KERNEL"
+
+_lock = threading.Lock()
+_loaded: dict[str, Callable | None] = {}
+
+
+def build_dir() -> Path:
+    base = Path(os.environ.get(DIR_ENV) or Path(sys.prefix) / "infermesh-kernels")
+    return base / _cpu_key()
+
+
+def load_paged_attention(build_if_missing: bool = True) -> Callable | None:
+    """The kernel's `paged_attention(q, k_cache, v_cache, tables, seq_of_token, ctx_lens, window, scale)`,
+    or None (fallback) when disabled or unavailable."""
+    with _lock:
+        if "fn" in _loaded:
+            return _loaded["fn"]
+        fn = None
+        if os.environ.get(DISABLE_ENV):
+            logger.info("paged-attention kernel disabled by %s: using the torch path", DISABLE_ENV)
+        else:
+            fn = _load(build_if_missing)
+        _loaded["fn"] = fn
+        return fn
+
+
+def _load(build_if_missing: bool) -> Callable | None:
+    directory = build_dir()
+    if not build_if_missing and not any(directory.glob("*.so")):
+        logger.warning("paged-attention kernel not built in %s: using the torch path", directory)
+        return None
+    try:
+        from torch.utils import cpp_extension
+
+        directory.mkdir(parents=True, exist_ok=True)
+        module = cpp_extension.load(
+            name="infermesh_paged_attention",
+            sources=[str(SOURCE)],
+            build_directory=str(directory),
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as exc:  # any build or load failure means: fall back, and say why
+        logger.warning(
+            "paged-attention kernel unavailable (%s: %s): using the torch path", type(exc).__name__, exc
+        )
+        return None
+    logger.info("paged-attention kernel loaded from %s", directory)
+    return module.paged_attention
+
+
+def _cpu_key() -> str:
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    digest = hashlib.sha256((flags + SOURCE.read_bytes().hex()).encode()).hexdigest()
+    return digest[:16]
+
+
+if __name__ == "__main__":  # scripts/setup.sh: build ahead; a failure is logged, not fatal
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    load_paged_attention()
