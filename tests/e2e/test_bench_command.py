@@ -50,6 +50,18 @@ def test_bench_serving_reports_one_json_line(llama_cluster):
     assert report["ttft_ms_p99"] >= report["ttft_ms_p50"]
 
 
+def test_bench_dataset_sends_exactly_its_requests(llama_cluster, tmp_path):
+    dataset = tmp_path / "requests.jsonl"
+    lines = [
+        {"prompt_token_ids": [5, 6, 7, 8], "output_len": 3},
+        {"prompt_token_ids": [9] * 20, "output_len": 6},
+    ]
+    dataset.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (report,) = _infermesh("bench", "--address", llama_cluster.frontend_address, "--dataset", str(dataset))
+    assert (report["num_requests"], report["prompt_tokens"], report["output_tokens"]) == (2, 24, 9)
+    assert report["workload"] == str(dataset)
+
+
 def test_bench_scheduler_times_each_size():
     reports = _infermesh("bench", "scheduler", "--sizes", "4", "16", "--steps", "5")
     assert [r["num_running"] for r in reports] == [4, 16]
