@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from infermesh_cli.bench_command import add_bench_subcommand
+from infermesh_cli.certs_command import add_certs_subcommand
 from infermesh_cli.config_commands import add_config_subcommands
 from infermesh_cli.generate_command import add_generate_subcommand
 from infermesh_cli.make_model_command import add_make_model_subcommand
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_subcommand(subparsers)
     add_config_subcommands(subparsers)
     add_make_model_subcommand(subparsers)
+    add_certs_subcommand(subparsers)
     return parser
 
 

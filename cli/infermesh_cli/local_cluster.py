@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from infermesh_shared.grpc_transport import open_channel
+from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,13 @@ class ServiceProcess:
             self.process.wait(5)
 
 
-def wait_serving(address: str, timeout_s: float, service: str = "") -> None:
+def wait_serving(
+    address: str, timeout_s: float, service: str = "", tls: TlsFiles = PLAINTEXT, server_role: str = ""
+) -> None:
     """Blocks until grpc.health.v1 at `address` says SERVING."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    with open_channel(address) as channel:
+    with open_channel(address, tls, server_role=server_role) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -152,6 +155,8 @@ class ClusterSpec:
     log_dir: Path | None = None
     env: dict[str, str] | None = None
     start_timeout_s: float = 180.0
+    # Mutual TLS between the services with a throw-away CA written here; None = plaintext.
+    tls_dir: Path | None = None
 
 
 class LocalCluster:
@@ -162,6 +167,31 @@ class LocalCluster:
         self.scheduler: ServiceProcess | None = None
         self.workers: list[ServiceProcess] = []
         self.frontends: list[ServiceProcess] = []
+        self._role_tls: dict[str, TlsFiles] = {}
+
+    def role_tls(self, role: str) -> TlsFiles:
+        """The TLS files of `role` (plaintext when the cluster runs without TLS)."""
+        return self._role_tls.get(role, PLAINTEXT)
+
+    def _tls_args(self, role: str) -> list[str]:
+        tls = self._role_tls.get(role)
+        if tls is None:
+            return []
+        return [
+            *("--tls-cert-file", tls.cert_file),
+            *("--tls-key-file", tls.key_file),
+            *("--tls-ca-file", tls.ca_file),
+        ]
+
+    def _write_certs(self) -> None:
+        from infermesh_cli.cluster_certs import write_cluster_certs
+
+        assert self.spec.tls_dir is not None
+        host = self.spec.host
+        # A wildcard bind makes workers advertise this machine's name, which the scheduler dials.
+        hosts = [socket.getfqdn()] if host in ("0.0.0.0", "::") else [host]
+        for role, files in write_cluster_certs(self.spec.tls_dir, hosts, days=30).items():
+            self._role_tls[role] = files.as_tls()
 
     @property
     def frontend_address(self) -> str:
@@ -181,6 +211,8 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         spec = self.spec
+        if spec.tls_dir is not None and not self._role_tls:
+            self._write_certs()
         try:
             self.scheduler = self._spawn(
                 "scheduler",
@@ -198,12 +230,19 @@ class LocalCluster:
                     str(spec.pp_size),
                     "--num-workers",
                     str(spec.tp_size * spec.pp_size),
+                    *self._tls_args("scheduler"),
                     *spec.scheduler_args,
                 ],
             )
             scheduler_address = self.scheduler.wait_listening(spec.start_timeout_s)
             self.start_workers(spec.tp_size * spec.pp_size)
-            wait_serving(scheduler_address, spec.start_timeout_s)
+            # Any cluster certificate may ask the scheduler's health; the launcher holds the frontend's.
+            wait_serving(
+                scheduler_address,
+                spec.start_timeout_s,
+                tls=self.role_tls("frontend"),
+                server_role="scheduler",
+            )
             for i in range(spec.num_frontends):
                 self.start_frontend(port=spec.frontend_port if i == 0 else 0, index=i)
             return self
@@ -227,6 +266,7 @@ class LocalCluster:
                     self.scheduler_address,
                     "--worker-name",
                     f"worker-{index}",
+                    *self._tls_args("worker"),
                     *self.spec.worker_args,
                 ],
                 log_name=f"worker-{index}",
@@ -251,6 +291,7 @@ class LocalCluster:
                 str(self.spec.model_path),
                 "--scheduler-addresses",
                 self.scheduler_address,
+                *self._tls_args("frontend"),
                 *self.spec.frontend_args,
             ],
             log_name=f"frontend-{index}",

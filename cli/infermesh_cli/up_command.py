@@ -48,10 +48,18 @@ def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--frontend-arg", action="append", default=[], metavar="ARG", help="extra frontend flag, repeatable"
     )
+    parser.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="INSECURE: run the internal hops without mutual TLS (default: a throw-away CA and "
+        "certificates are written to the log dir and every service uses them)",
+    )
     parser.set_defaults(handler=run_up)
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from infermesh_shared.grpc_transport import is_loopback
+
     from infermesh_cli.local_cluster import ClusterSpec, LocalCluster, ServiceStartError
 
     if args.model_path is None:
@@ -68,22 +76,29 @@ def run_up(args: argparse.Namespace) -> int:
             )
             return 2
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="infermesh-up-"))
+    # The services refuse plaintext off loopback unless told, each of them, explicitly.
+    insecure = ["--insecure-plaintext"] if args.insecure_plaintext and not is_loopback(args.host) else []
     spec = ClusterSpec(
         model_path=model_path,
         frontend_port=args.port,
         tp_size=args.tp_size,
         pp_size=args.pp_size,
         host=args.host,
-        scheduler_args=["--dtype", args.dtype, *args.scheduler_arg],
-        worker_args=list(args.worker_arg),
-        frontend_args=list(args.frontend_arg),
+        scheduler_args=["--dtype", args.dtype, *insecure, *args.scheduler_arg],
+        worker_args=[*insecure, *args.worker_arg],
+        frontend_args=[*insecure, *args.frontend_arg],
         log_dir=log_dir,
+        tls_dir=None if args.insecure_plaintext else log_dir / "certs",
     )
+    if args.insecure_plaintext:
+        print("WARNING: internal hops run without TLS (--insecure-plaintext)", file=sys.stderr, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     cluster = LocalCluster(spec)
     print(f"model: {model_path}\nlogs: {log_dir}", flush=True)
+    if spec.tls_dir is not None:
+        print(f"mTLS between the services: certificates in {spec.tls_dir}", flush=True)
     try:
         cluster.start()
     except ServiceStartError as err:

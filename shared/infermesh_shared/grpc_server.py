@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from infermesh_shared.grpc_transport import aio_server, bind, sync_server
+
+# A health check request is a service name: a few hundred bytes.
+_HEALTH_MAX_RECEIVE_BYTES = 16 * 1024
 
 
 def add_health_and_reflection(
@@ -31,3 +37,19 @@ def set_serving(servicer: health.HealthServicer, service_full_names: Iterable[st
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *service_full_names]:
         servicer.set(name, status)
+
+
+def health_only_server(
+    servicer: health.HealthServicer, address: str, *, aio: bool
+) -> grpc.Server | grpc.aio.Server:
+    """A plaintext server on `address` answering grpc.health.v1 from `servicer`, nothing else.
+
+    For probes that cannot present a client certificate (kubelet); the caller starts and stops it.
+    """
+    if aio:
+        server = aio_server(_HEALTH_MAX_RECEIVE_BYTES)
+    else:
+        server = sync_server(ThreadPoolExecutor(max_workers=2), _HEALTH_MAX_RECEIVE_BYTES)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bind(server, address, what="health_port")
+    return server

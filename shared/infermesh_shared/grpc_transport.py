@@ -7,6 +7,9 @@ address, and TLS credentials (mutual TLS between services) are applied in one pl
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import ssl
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+logger = logging.getLogger(__name__)
 
 # Exit status of a service that cannot bind its port (issue 11: "exit status 1").
 EXIT_PORT_IN_USE = 1
@@ -58,6 +63,9 @@ class TlsFiles:
             getattr(cfg, "tls_ca_file", "") or "",
         )
 
+    def paths(self) -> tuple[str, str, str]:
+        return (self.cert_file, self.key_file, self.ca_file)
+
     @property
     def enabled(self) -> bool:
         return bool(self.cert_file or self.key_file or self.ca_file)
@@ -80,6 +88,15 @@ class TlsFiles:
             [pair], root_certificates=root, require_client_auth=require_client_cert
         )
 
+    def server_ssl_context(self) -> ssl.SSLContext:
+        """An ssl context for a TLS HTTP server with this certificate (clients need none)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise TlsConfigError(f"tls_cert_file / tls_key_file cannot be loaded: {err}") from None
+        return context
+
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """Credentials for a channel: trust `ca_file` (system roots if empty), present the cert if set."""
         if bool(self.cert_file) != bool(self.key_file):
@@ -92,6 +109,54 @@ class TlsFiles:
 
 
 PLAINTEXT = TlsFiles()
+_TLS_OPTIONS = ("tls_cert_file", "tls_key_file", "tls_ca_file")
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is reachable from this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def internal_tls(cfg: Any, service: str) -> TlsFiles:
+    """The mutual-TLS files of a service's config, checked: all three or none, readable, and no
+    plaintext on a non-loopback `host` unless `insecure_plaintext` says so."""
+    tls = TlsFiles.from_config(cfg)
+    if tls.enabled:
+        missing = [name for name, value in zip(_TLS_OPTIONS, tls.paths(), strict=True) if not value]
+        if missing:
+            raise TlsConfigError(
+                f"mutual TLS needs tls_cert_file, tls_key_file and tls_ca_file together; missing: "
+                f"{', '.join(missing)}"
+            )
+        for name, value in zip(_TLS_OPTIONS, tls.paths(), strict=True):
+            tls._read(value, name)
+    require_tls_off_loopback(cfg.host, tls, bool(getattr(cfg, "insecure_plaintext", False)), service)
+    return tls
+
+
+def require_tls_off_loopback(host: str, tls: TlsFiles, insecure_plaintext: bool, service: str) -> None:
+    """Refuses a plaintext internal port on a non-loopback address unless explicitly allowed."""
+    if tls.enabled or is_loopback(host):
+        return
+    if insecure_plaintext:
+        logger.warning(
+            "INSECURE: %s serves plaintext gRPC on %s without authentication "
+            "(insecure_plaintext = true); anyone who reaches this address can call it",
+            service,
+            host,
+        )
+        return
+    raise TlsConfigError(
+        f"{service} binds {host}, which is not loopback, without TLS: give tls_cert_file, tls_key_file "
+        "and tls_ca_file (see `infermesh certs`), bind 127.0.0.1, or set insecure_plaintext = true "
+        "to accept an unauthenticated port"
+    )
 
 
 def server_options(max_receive_bytes: int, extra: ChannelOptions = ()) -> list[tuple[str, Any]]:
@@ -154,15 +219,26 @@ def bind(
     return port
 
 
+def _tls_options(options: ChannelOptions, server_role: str) -> list[tuple[str, Any]]:
+    # Inside the cluster a server is checked for its role, not the name it is dialled by (pod
+    # IPs, container names and loopback all change): every role certificate names its role.
+    extra = [("grpc.ssl_target_name_override", server_role)] if server_role else []
+    return [*options, *extra]
+
+
 def open_channel(
     target: str,
     tls: TlsFiles = PLAINTEXT,
     *,
+    server_role: str = "",
     options: ChannelOptions = (),
 ) -> grpc.Channel:
-    """A sync channel to `target`, over TLS when `tls` is set."""
+    """A sync channel to `target`, over TLS when `tls` is set (then the server's certificate
+    must name `server_role`, when given, instead of the host dialled)."""
     if tls.enabled:
-        return grpc.secure_channel(target, tls.channel_credentials(), options=list(options))
+        return grpc.secure_channel(
+            target, tls.channel_credentials(), options=_tls_options(options, server_role)
+        )
     return grpc.insecure_channel(target, options=list(options))
 
 
@@ -170,13 +246,17 @@ def open_aio_channel(
     target: str,
     tls: TlsFiles = PLAINTEXT,
     *,
+    server_role: str = "",
     options: ChannelOptions = (),
     interceptors: Sequence[Any] | None = None,
 ) -> grpc.aio.Channel:
-    """A grpc.aio channel to `target`, over TLS when `tls` is set."""
+    """A grpc.aio channel to `target`, over TLS when `tls` is set (see open_channel)."""
     intercept = list(interceptors) if interceptors else None
     if tls.enabled:
         return grpc.aio.secure_channel(
-            target, tls.channel_credentials(), options=list(options), interceptors=intercept
+            target,
+            tls.channel_credentials(),
+            options=_tls_options(options, server_role),
+            interceptors=intercept,
         )
     return grpc.aio.insecure_channel(target, options=list(options), interceptors=intercept)

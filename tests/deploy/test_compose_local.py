@@ -10,7 +10,8 @@ from urllib.parse import urlparse
 
 import pytest
 from infermesh.v1 import frontend_pb2
-from infermesh_cli.local_cluster import ServiceProcess, wait_serving
+from infermesh_cli.cluster_certs import write_cluster_certs
+from infermesh_cli.local_cluster import ServiceProcess, ServiceStartError, wait_serving
 from infermesh_shared.discovery import RedisDiscovery
 
 from tests.deploy.compose_local import local_services, process_args
@@ -30,10 +31,11 @@ def test_compose_services_serve_a_request_as_local_processes(tmp_path) -> None:
     started: list[ServiceProcess] = []
     try:
         with running_redis_server(tmp_path / "redis") as redis_url:
+            certs = write_cluster_certs(tmp_path / "certs")
             services, translation = local_services(
                 load_compose(),
                 DEPLOY,
-                {"INFERMESH_MODEL_DIR": str(model)},
+                {"INFERMESH_MODEL_DIR": str(model), "INFERMESH_CERTS_DIR": str(tmp_path / "certs")},
                 preset_ports={("redis", 6379): urlparse(redis_url).port, ("jaeger", 4317): collector.port},
             )
             assert {s.name for s in services} == {
@@ -52,8 +54,12 @@ def test_compose_services_serve_a_request_as_local_processes(tmp_path) -> None:
             schedulers = {
                 f"127.0.0.1:{translation.port(name, 50051)}" for name in ("scheduler", "scheduler-b")
             }
+            # The schedulers answer mTLS only: the test holds the frontend's certificate.
+            tls = certs["frontend"].as_tls()
             for address in schedulers:
-                wait_serving(address, START_TIMEOUT_S)
+                wait_serving(address, START_TIMEOUT_S, tls=tls, server_role="scheduler")
+                with pytest.raises(ServiceStartError):
+                    wait_serving(address, 1.0)  # and refuse a plaintext client
             assert RedisDiscovery(redis_url).resolve() == schedulers
             frontend = f"127.0.0.1:{translation.port('frontend', 50050)}"
             wait_serving(frontend, START_TIMEOUT_S)

@@ -50,7 +50,8 @@ def test_infermesh_containers_probe_grpc_health_and_parse() -> None:
                 continue
             service, options = parse_service_command(args)
             seen.add(service)
-            port = int(options["port"])
+            # An mTLS gRPC port cannot be probed by kubelet: the plaintext health-only port is.
+            port = int(options.get("health_port") or options["port"])
             assert container["livenessProbe"]["grpc"]["port"] == port, container["name"]
             if service != "worker":
                 assert container["readinessProbe"]["grpc"]["port"] == port, container["name"]

@@ -109,3 +109,21 @@ def test_scheduler_on_a_taken_port_exits_1(model_dir: Path, reuseport_holder: in
         "--log-level", "warn",
     ]  # fmt: skip
     _assert_refused(_run_to_exit(command), reuseport_holder)
+
+
+@pytest.mark.parametrize("service", ["frontend", "scheduler", "worker"])
+def test_plaintext_on_a_non_loopback_host_is_refused_unless_explicit(model_dir: Path, service: str) -> None:
+    # Nothing is bound when the refusal works; 0.0.0.0 with port 0 never collides.
+    common = ["--host", "0.0.0.0", "--port", "0", "--log-level", "warn"]
+    commands = {
+        "frontend": _frontend_command(model_dir, 0, "--host", "0.0.0.0"),
+        "scheduler": [sys.executable, "-m", "infermesh_scheduler", "--model-path", str(model_dir), *common],
+        "worker": [
+            sys.executable, "-m", "infermesh_worker", *common,
+            "--scheduler-address", f"127.0.0.1:{free_port()}", "--kv-cache-memory-bytes", "1000000",
+        ],
+    }  # fmt: skip
+    result = _run_to_exit(commands[service])
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "not loopback, without TLS" in result.stderr and "insecure_plaintext" in result.stderr
+    assert "listening on" not in result.stdout

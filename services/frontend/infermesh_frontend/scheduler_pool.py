@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import grpc
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 from infermesh_shared.discovery import ReplicaDiscovery, StaticDiscovery
-from infermesh_shared.grpc_transport import open_aio_channel
+from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_aio_channel
+from infermesh_shared.peer_roles import SCHEDULER
 
 from infermesh_frontend.routing import (
     DISPATCH_POLICIES,
@@ -79,6 +80,7 @@ class SchedulerPool:
         load_poll_interval_ms: int = DEFAULT_LOAD_POLL_INTERVAL_MS,
         health_check_interval_ms: int = DEFAULT_HEALTH_CHECK_INTERVAL_MS,
         metrics: RoutingMetrics | None = None,
+        tls: TlsFiles = PLAINTEXT,
     ) -> None:
         if discovery is None:
             if not addresses:
@@ -91,6 +93,7 @@ class SchedulerPool:
         if metrics is not None:
             self.table.on_change = lambda: metrics.set_replica_health(self.table.health_counts())
         self._interceptors = list(interceptors)
+        self._tls = tls
         self._replicas: dict[str, SchedulerReplica] = {}
         self._block_size = 0
         health_s = health_check_interval_ms / 1000
@@ -225,7 +228,9 @@ class SchedulerPool:
 
     def _on_membership(self, added: list[str], removed: list[str]) -> None:
         for address in added:
-            channel = open_aio_channel(address, interceptors=self._interceptors)
+            channel = open_aio_channel(
+                address, self._tls, server_role=SCHEDULER, interceptors=self._interceptors
+            )
             self._replicas[address] = SchedulerReplica(
                 address=address, channel=channel, stub=scheduler_pb2_grpc.SchedulerServiceStub(channel)
             )

@@ -11,7 +11,15 @@ from typing import Any
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
 from infermesh_shared.discovery import make_discovery, split_host_port
 from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
-from infermesh_shared.grpc_transport import aio_server, bind
+from infermesh_shared.grpc_transport import (
+    PLAINTEXT,
+    TlsConfigError,
+    TlsFiles,
+    aio_server,
+    bind,
+    internal_tls,
+    is_loopback,
+)
 from infermesh_shared.telemetry.metrics_server import MetricsServer, create_registry, start_metrics_server
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
@@ -59,6 +67,10 @@ class FrontendSettings:
     failover_max_attempts: int = 3
     # Port of the Prometheus /metrics endpoint; 0 = off.
     metrics_port: int = 0
+    # The frontend's certificate toward the schedulers (mutual TLS), and whether the client
+    # ports serve TLS with it too.
+    tls: TlsFiles = PLAINTEXT
+    client_tls: bool = False
     client_interceptors: list[Any] = field(default_factory=list)
     server_interceptors: list[Any] = field(default_factory=list)
 
@@ -92,8 +104,21 @@ class FrontendSettings:
             refusals.append(
                 "discovery = redis needs --redis-url redis://HOST:PORT/DB (where the schedulers register)"
             )
+        tls = PLAINTEXT
+        try:
+            tls = internal_tls(cfg, "the frontend")
+        except TlsConfigError as error:
+            refusals.append(str(error))
+        if cfg.client_tls and not (tls.cert_file and tls.key_file):
+            refusals.append("client_tls needs tls_cert_file and tls_key_file (the frontend's certificate)")
         if refusals:
             raise UnsupportedOptionError("; ".join(refusals))
+        if not cfg.client_tls and not is_loopback(cfg.host):
+            logger.warning(
+                "the client ports on %s are plaintext: API keys and prompts cross the network in the "
+                "clear; set client_tls = true",
+                cfg.host,
+            )
         return cls(
             model_path=cfg.model_path,
             scheduler_addresses=addresses,
@@ -111,6 +136,8 @@ class FrontendSettings:
             health_check_interval_ms=cfg.health_check_interval_ms,
             failover_max_attempts=cfg.failover_max_attempts,
             metrics_port=cfg.metrics_port,
+            tls=tls,
+            client_tls=cfg.client_tls,
         )
 
 
@@ -135,6 +162,7 @@ class FrontendServer:
             load_poll_interval_ms=settings.load_poll_interval_ms,
             health_check_interval_ms=settings.health_check_interval_ms,
             metrics=RoutingMetrics(self.registry),
+            tls=settings.tls,
         )
         self.model_info = ModelInfoSource(self.pool)
         self.metrics = RequestMetrics(self.registry)
@@ -153,7 +181,10 @@ class FrontendServer:
         frontend_pb2_grpc.add_FrontendServiceServicer_to_server(FrontendServicer(self.runner), self.server)
         self.http_server: OpenAIHttpServer | None = None
         if settings.http_port:
-            self.http_server = OpenAIHttpServer(self.runner, settings.host, settings.http_port)
+            ssl_context = settings.tls.server_ssl_context() if settings.client_tls else None
+            self.http_server = OpenAIHttpServer(
+                self.runner, settings.host, settings.http_port, ssl_context=ssl_context
+            )
         self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = 0
         self._health_task: asyncio.Task[None] | None = None
@@ -162,7 +193,8 @@ class FrontendServer:
     async def start(self) -> int:
         """Binds and starts serving; returns the bound port."""
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = bind(self.server, address)
+        client_tls = self.settings.tls if self.settings.client_tls else PLAINTEXT
+        self.port = bind(self.server, address, client_tls, require_client_cert=False)
         await self.server.start()
         if self.http_server is not None:
             await self.http_server.start()

@@ -12,8 +12,17 @@ from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 from infermesh_shared.config.model_metadata import ModelMetadata
 from infermesh_shared.discovery.advertised_address import advertised_address
 from infermesh_shared.discovery.redis_registration import RedisRegistration
-from infermesh_shared.grpc_server import add_health_and_reflection
-from infermesh_shared.grpc_transport import aio_server, bind
+from infermesh_shared.grpc_server import add_health_and_reflection, health_only_server
+from infermesh_shared.grpc_transport import (
+    PLAINTEXT,
+    TlsConfigError,
+    TlsFiles,
+    aio_server,
+    bind,
+    internal_tls,
+    require_tls_off_loopback,
+)
+from infermesh_shared.peer_roles import AioRoleInterceptor
 from infermesh_shared.telemetry import (
     CacheConfig,
     aio_server_interceptors,
@@ -44,7 +53,7 @@ class StartupError(Exception):
     """The service cannot start as configured; the message says what to change."""
 
 
-def group_settings(cfg: Any, max_model_len: int) -> WorkerGroupSettings:
+def group_settings(cfg: Any, max_model_len: int, tls: TlsFiles = PLAINTEXT) -> WorkerGroupSettings:
     """The worker group's settings from the scheduler config."""
     return WorkerGroupSettings(
         tp_size=cfg.tp_size,
@@ -64,6 +73,7 @@ def group_settings(cfg: Any, max_model_len: int) -> WorkerGroupSettings:
         worker_timeout_s=cfg.worker_timeout_ms / 1000.0,
         load_timeout_s=cfg.worker_load_timeout_ms / 1000.0,
         recovery_timeout_s=cfg.group_recovery_timeout_ms / 1000.0,
+        tls=tls,
     )
 
 
@@ -72,6 +82,14 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
     try:
         max_model_len = resolve_max_model_len(cfg.max_model_len, metadata)
     except ValueError as err:
+        raise StartupError(str(err)) from None
+    try:
+        tls = internal_tls(cfg, "the scheduler")
+        if cfg.worker_endpoint and not tls.enabled:
+            worker_host = listen_address(cfg.worker_endpoint).rpartition(":")[0]
+            if not worker_host.startswith("unix"):
+                require_tls_off_loopback(worker_host, tls, cfg.insecure_plaintext, "the worker endpoint")
+    except (TlsConfigError, WorkerEndpointError) as err:
         raise StartupError(str(err)) from None
     if cfg.num_workers < cfg.tp_size * cfg.pp_size:
         raise StartupError(
@@ -92,14 +110,14 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         return ""
 
     group = WorkerGroup(
-        group_settings(cfg, max_model_len),
+        group_settings(cfg, max_model_len, tls),
         on_ready=lambda num_blocks, num_cpu_blocks: engine.on_group_ready(num_blocks, num_cpu_blocks),
         on_change=lambda: engine.on_group_changed(),
         check_pool=check_pool,
     )
     server = aio_server(
         _MAX_RECEIVE_BYTES,
-        interceptors=aio_server_interceptors(),
+        interceptors=[*aio_server_interceptors(), *([AioRoleInterceptor()] if tls.enabled else [])],
         migration_thread_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
@@ -146,14 +164,17 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         ),
         server,
     )
-    port = bind(server, f"{cfg.host}:{cfg.port}")
+    port = bind(server, f"{cfg.host}:{cfg.port}", tls)
     if cfg.worker_endpoint:
         try:
             worker_address = listen_address(cfg.worker_endpoint)
         except WorkerEndpointError as err:
             raise StartupError(str(err)) from None
-        bind(server, worker_address, what=f"worker_endpoint {cfg.worker_endpoint}")
+        bind(server, worker_address, tls, what=f"worker_endpoint {cfg.worker_endpoint}")
         logger.info("workers may also register on %s", worker_address)
+    health_server = None
+    if cfg.health_port:
+        health_server = health_only_server(health_servicer, f"{cfg.host}:{cfg.health_port}", aio=True)
     metrics_server = None
     if registry is not None:
         try:
@@ -162,6 +183,8 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
             raise StartupError(f"cannot serve /metrics on {cfg.host}:{cfg.metrics_port}: {err}") from None
         logger.info("metrics at %s", metrics_server.url)
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     group.start()
     engine.start()
     registration = None
@@ -205,6 +228,8 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
             await asyncio.to_thread(registration.stop)
         await engine.stop()
         await server.stop(_SHUTDOWN_GRACE_S)
+        if health_server is not None:
+            await health_server.stop(0)
         await group.stop()
         if metrics_server is not None:
             metrics_server.stop()

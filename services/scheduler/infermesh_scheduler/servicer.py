@@ -17,7 +17,7 @@ from infermesh_scheduler.request_stream import StreamError
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
 from infermesh_scheduler.serving_health import ServingHealth
 from infermesh_scheduler.submit_validation import ModelLimits, SubmitRejected, validate_submit
-from infermesh_scheduler.worker_group import GroupFull, WorkerGroup
+from infermesh_scheduler.worker_group import GroupFull, NameTaken, WorkerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -140,4 +140,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             )
         except GroupFull as full:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
+        except NameTaken as taken:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(taken))
         return scheduler_pb2.RegisterWorkerResponse(worker_id=worker_id)

@@ -23,7 +23,8 @@ from enum import Enum
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from infermesh.v1 import worker_pb2, worker_pb2_grpc
-from infermesh_shared.grpc_transport import open_aio_channel
+from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_aio_channel
+from infermesh_shared.peer_roles import WORKER
 from infermesh_shared.telemetry import aio_client_interceptors
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ class GroupFull(Exception):
     """A worker registers while num_workers live workers are registered already."""
 
 
+class NameTaken(Exception):
+    """A worker registers under the name of a worker that still answers."""
+
+
 class WorkerGroupFailure(Exception):
     """A step could not run because the group is not ready or a member failed."""
 
@@ -92,6 +97,8 @@ class WorkerGroupSettings:
     worker_timeout_s: float
     load_timeout_s: float  # LoadModel, InitKVCache, Reset: joining the group and reading weights
     recovery_timeout_s: float
+    # The scheduler's certificate toward its workers (plaintext when not enabled).
+    tls: TlsFiles = PLAINTEXT
 
     @property
     def world_size(self) -> int:
@@ -193,8 +200,22 @@ class WorkerGroup:
     async def register(self, address: str, device: str, name: str) -> str:
         """Adds a worker (replacing an older registration of the same name or address); returns its id.
 
-        Raises GroupFull when num_workers live workers are registered already.
+        Raises GroupFull when num_workers live workers are registered already, NameTaken when
+        another address registers under the name of a worker that still answers.
         """
+        for old in list(self._workers.values()):
+            if name and old.name == name and old.address != address and await self._alive(old):
+                # The live one is asked, not replaced: a name is no credential.
+                logger.warning(
+                    "refused a registration as %s from %s: the worker of that name at %s answers",
+                    name,
+                    address,
+                    old.address,
+                )
+                raise NameTaken(
+                    f"worker name {name!r} belongs to a live worker at {old.address}; give this worker "
+                    "another --worker-name, or stop the other one first"
+                )
         for old in list(self._workers.values()):
             if (name and old.name == name) or old.address == address:
                 logger.warning(
@@ -212,7 +233,13 @@ class WorkerGroup:
             )
         self._next_id += 1
         worker_id = f"w{self._next_id}"
-        channel = open_aio_channel(address, options=_CHANNEL_OPTIONS, interceptors=aio_client_interceptors())
+        channel = open_aio_channel(
+            address,
+            self._settings.tls,
+            server_role=WORKER,
+            options=_CHANNEL_OPTIONS,
+            interceptors=aio_client_interceptors(),
+        )
         self._workers[worker_id] = WorkerHandle(
             worker_id=worker_id,
             name=name or worker_id,

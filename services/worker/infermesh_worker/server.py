@@ -12,8 +12,17 @@ from concurrent import futures
 
 import torch
 from infermesh.v1 import worker_pb2, worker_pb2_grpc
-from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
-from infermesh_shared.grpc_transport import EXIT_PORT_IN_USE, PortInUseError, bind, open_channel, sync_server
+from infermesh_shared.grpc_server import add_health_and_reflection, health_only_server, set_serving
+from infermesh_shared.grpc_transport import (
+    EXIT_PORT_IN_USE,
+    PortInUseError,
+    TlsConfigError,
+    bind,
+    internal_tls,
+    open_channel,
+    sync_server,
+)
+from infermesh_shared.peer_roles import SCHEDULER, SyncRoleInterceptor
 from infermesh_shared.telemetry import (
     WorkerMetrics,
     configure_service_logging,
@@ -70,6 +79,11 @@ def run(cfg) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        tls = internal_tls(cfg, "the worker")
+    except TlsConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     init_tracing(cfg.service_name, cfg.tracing_exporter, cfg.otlp_endpoint, cfg.tracing_sample_ratio)
@@ -87,19 +101,28 @@ def run(cfg) -> int:
     server = sync_server(
         futures.ThreadPoolExecutor(max_workers=8),
         MAX_MESSAGE_BYTES,
-        interceptors=sync_server_interceptors(),
+        interceptors=[*([SyncRoleInterceptor()] if tls.enabled else []), *sync_server_interceptors()],
         options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
     )
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     try:
-        port = bind(server, f"{cfg.host}:{cfg.port}")
+        port = bind(server, f"{cfg.host}:{cfg.port}", tls)
     except PortInUseError as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         servicer.close()
         if metrics_server is not None:
             metrics_server.stop()
         return EXIT_PORT_IN_USE
+    health_server = None
+    if cfg.health_port:
+        try:
+            health_server = health_only_server(health, f"{cfg.host}:{cfg.health_port}", aio=False)
+        except PortInUseError as exc:
+            print(f"Error: {exc}", file=sys.stderr, flush=True)
+            servicer.close()
+            return EXIT_PORT_IN_USE
+        health_server.start()
     server.start()
     set_serving(health, [SERVICE_NAME], True)
     address = f"{advertised_host(cfg.host)}:{port}"
@@ -114,7 +137,7 @@ def run(cfg) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    channel = traced_channel(open_channel(cfg.scheduler_address))
+    channel = traced_channel(open_channel(cfg.scheduler_address, tls, server_role=SCHEDULER))
 
     def register() -> None:
         register_with_scheduler(
@@ -145,6 +168,8 @@ def run(cfg) -> int:
                 logger.error("registering again failed: %s", exc)
     set_serving(health, [SERVICE_NAME], False)
     server.stop(grace=2).wait()
+    if health_server is not None:
+        health_server.stop(0)
     torch_thread_done = servicer.close()
     channel.close()
     if metrics_server is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -218,8 +219,16 @@ def _server_span(request: web.Request):
 class OpenAIHttpServer:
     """Binds the OpenAI API on host:port (0 picks a free port) on the running event loop."""
 
-    def __init__(self, runner: RequestRunner, host: str, port: int, shutdown_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        runner: RequestRunner,
+        host: str,
+        port: int,
+        shutdown_timeout_s: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._host = host
+        self._ssl_context = ssl_context
         self._requested_port = port
         app = web.Application(middlewares=[_errors_as_openai_json])
         app.add_routes(OpenAIApi(runner).routes())
@@ -233,7 +242,13 @@ class OpenAIHttpServer:
     async def start(self) -> int:
         """Starts serving; returns the bound port."""
         await self._app_runner.setup()
-        site = web.TCPSite(self._app_runner, self._host, self._requested_port, reuse_port=False)
+        site = web.TCPSite(
+            self._app_runner,
+            self._host,
+            self._requested_port,
+            reuse_port=False,
+            ssl_context=self._ssl_context,
+        )
         try:
             await site.start()
         except OSError:
