@@ -132,8 +132,8 @@ def test_request_and_step_spans_with_events_and_metrics(traced_process: OtlpColl
     assert request_a.attributes[sc.REQUEST_PRIORITY] == 7
     assert request_a.attributes[sc.GEN_AI_REQUEST_MAX_TOKENS] == 3
     assert request_a.attributes[sc.GEN_AI_REQUEST_TEMPERATURE] == 0.5
-    assert request_a.attributes[sc.GEN_AI_USAGE_INPUT_TOKENS] == 4
-    assert request_a.attributes[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == 3
+    assert request_a.attributes[sc.PROMPT_TOKENS] == 4
+    assert request_a.attributes[sc.OUTPUT_TOKENS] == 3
     assert request_a.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ["length"]
     assert request_a.attributes[sc.QUEUE_TIME_MS] >= 0
     assert request_a.attributes[sc.TTFT_MS] >= request_a.attributes[sc.QUEUE_TIME_MS]

@@ -72,7 +72,7 @@ def test_preemptions_become_span_events(traced_process: OtlpCollector, swap: boo
         # Every preemption is followed by a resume before the next one.
         assert cycles == ["preempted", "resumed"] * preempted[rid], (rid, names)
         assert by_id[rid].attributes[sc.NUM_PREEMPTIONS] == preempted[rid]
-        assert by_id[rid].attributes[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == max_tokens
+        assert by_id[rid].attributes[sc.OUTPUT_TOKENS] == max_tokens
     assert registry.get_sample_value("infermesh_requests_total", {"status": "ok"}) == len(WORKLOAD)
     request_span_ids = {(s.trace_id, s.span_id) for s in by_id.values()}
     for step in (s for s in spans if s.name == sc.SPAN_ENGINE_STEP):

@@ -145,8 +145,15 @@ def test_one_generate_is_one_trace_across_all_services(traced_cluster: TracedClu
     request = _one(tree, sc.SPAN_SCHEDULER_REQUEST)
     assert tree.parent_of(request) is submit
     assert request.attributes[sc.REQUEST_ID] == "trace-me"
-    assert request.attributes[sc.GEN_AI_USAGE_INPUT_TOKENS] == response.usage.prompt_tokens
-    assert request.attributes[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == max_tokens
+    assert request.attributes[sc.PROMPT_TOKENS] == response.usage.prompt_tokens
+    assert request.attributes[sc.OUTPUT_TOKENS] == max_tokens
+    # Usage on one span per request, so UIs summing it over the trace count it once.
+    assert [s.name for s in tree.spans if sc.GEN_AI_USAGE_OUTPUT_TOKENS in s.attributes] == [front.name]
+    assert [s.name for s in tree.spans if sc.GEN_AI_USAGE_INPUT_TOKENS in s.attributes] == [front.name]
+    model = traced_cluster.cluster.spec.model_path.name
+    for span in (front, request):
+        assert span.attributes[sc.GEN_AI_REQUEST_MODEL] == span.attributes[sc.GEN_AI_RESPONSE_MODEL] == model
+        assert span.attributes[sc.GEN_AI_OPERATION_NAME] == sc.OPERATION_TEXT_COMPLETION
     assert request.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ["length"]
     assert request.attributes[sc.REQUEST_PRIORITY] == 0
     assert request.attributes[sc.QUEUE_TIME_MS] >= 0
@@ -192,6 +199,38 @@ def test_client_traceparent_is_continued_through_every_service(traced_cluster: T
     assert server_span.parent_span_id == parent_id
     assert _one(tree, sc.SPAN_FRONTEND_REQUEST).attributes[sc.GEN_AI_REQUEST_STREAM] is True
     assert _one(tree, sc.SPAN_SCHEDULER_REQUEST).attributes[sc.REQUEST_ID] == "client-traced"
+
+
+def test_workers_never_start_a_trace(traced_cluster: TracedCluster) -> None:
+    collector = traced_cluster.collector
+    # A client that decided not to sample: nothing of its request may be exported.
+    unsampled_trace = secrets.token_hex(16)
+    unsampled = (("traceparent", f"00-{unsampled_trace}-{secrets.token_hex(8)}-00"),)
+    _generate(traced_cluster, "not-sampled", max_tokens=3, metadata=unsampled)
+    _generate(traced_cluster, "sampled-after", max_tokens=3)
+    # Exported after the unsampled request's steps: those would have arrived by now.
+    _request_trace(collector, "sampled-after", min_worker_spans=3)
+    spans = collector.spans()
+    assert [s.name for s in spans if s.trace_id == unsampled_trace] == []
+    worker_roots = [s.name for s in spans if s.service_name == WORKER and not s.parent_span_id]
+    assert worker_roots == [], "worker calls outside a traced step started their own traces"
+
+
+def test_worker_startup_calls_sit_inside_the_formation_span(traced_cluster: TracedCluster) -> None:
+    spans = traced_cluster.collector.wait_for(
+        lambda spans: any(s.name == "infermesh.scheduler.form_group" for s in spans), timeout_s=30
+    )
+    (form,) = [s for s in spans if s.name == "infermesh.scheduler.form_group"]
+    assert (form.service_name, form.parent_span_id) == (SCHEDULER, "")
+    register = [s for s in spans if s.name == "infermesh.v1.SchedulerService/RegisterWorker"]
+    assert register and (register[0].trace_id, register[0].span_id) in form.links
+    tree = traced_cluster.collector.tree(form.trace_id)
+    calls = {s.name: s for s in tree.children_of(form)}
+    assert {"infermesh.v1.WorkerService/LoadModel", "infermesh.v1.WorkerService/InitKVCache"} <= set(calls)
+    for call in calls.values():
+        assert call.service_name == WORKER
+        assert form.start_time_unix_nano <= call.start_time_unix_nano
+        assert call.end_time_unix_nano <= form.end_time_unix_nano, f"{call.name} outlived its parent"
 
 
 def _delta(after: dict, before: dict, name: str, **labels: str) -> float:

@@ -70,6 +70,7 @@ class RequestRunner:
         else:
             prompt_ids = []
         model = await self.model_info.get()
+        request_trace.model_resolved(model.model_name)
         limits = SamplingLimits(self._default_max_tokens, self._max_stop_strings, model.max_model_len)
         try:
             sampling = resolve_sampling_params(request_input.sampling, len(prompt_ids), limits)
@@ -114,6 +115,11 @@ class RequestRunner:
         request_trace = RequestTrace(stream, operation=operation)
         try:
             prepared = await self.prepare(request_input, request_trace)
+            prepared.submit.operation = (
+                scheduler_pb2.GEN_AI_OPERATION_CHAT
+                if operation == sc.OPERATION_CHAT
+                else scheduler_pb2.GEN_AI_OPERATION_TEXT_COMPLETION
+            )
             request_trace.prepared(prepared.submit)
             generation = Generation(self._pool, prepared, self.tokenizer.decode, request_trace)
             async with contextlib.aclosing(generation.stream()) as deltas:

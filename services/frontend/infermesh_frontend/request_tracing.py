@@ -78,6 +78,13 @@ class RequestTrace:
         with trace.use_span(self._child(sc.SPAN_TOKENIZE), end_on_exit=True):
             yield
 
+    def model_resolved(self, model_name: str) -> None:
+        """The request runs on `model_name` (one model per cluster: asked for and answering)."""
+        if self.span is not None:
+            self.span.set_attributes(
+                {sc.GEN_AI_REQUEST_MODEL: model_name, sc.GEN_AI_RESPONSE_MODEL: model_name}
+            )
+
     def prepared(self, submit: scheduler_pb2.SubmitRequest) -> None:
         """Records the validated request on the span."""
         span = self.span

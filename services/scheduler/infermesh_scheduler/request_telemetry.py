@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
+from infermesh.v1 import scheduler_pb2
 from infermesh_shared.telemetry import (
     CacheConfig,
     RequestMetrics,
@@ -45,6 +46,7 @@ def build_scheduler_telemetry(
     registry: CollectorRegistry | None,
     current_scheduler: Callable[[], Scheduler | None],
     cache_config: CacheConfig | None = None,
+    model_name: str = "",
 ) -> SchedulerTelemetry | None:
     """The service's telemetry: metrics into `registry` (None: no /metrics), spans when tracing is on.
 
@@ -59,7 +61,7 @@ def build_scheduler_telemetry(
         scheduler_metrics = SchedulerMetrics(
             registry, load_reader(asyncio.get_running_loop(), current_scheduler), cache_config
         )
-    return SchedulerTelemetry(request_metrics, scheduler_metrics)
+    return SchedulerTelemetry(request_metrics, scheduler_metrics, model_name)
 
 
 class StepSource(Protocol):
@@ -95,8 +97,12 @@ class SchedulerTelemetry:
     """Keeps one span per live request and turns engine events into span events and metrics."""
 
     def __init__(
-        self, request_metrics: RequestMetrics | None, scheduler_metrics: SchedulerMetrics | None
+        self,
+        request_metrics: RequestMetrics | None,
+        scheduler_metrics: SchedulerMetrics | None,
+        model_name: str = "",
     ) -> None:
+        self._model_name = model_name
         self._requests = request_metrics
         self._scheduler = scheduler_metrics
         self._tracing = tracing_enabled()
@@ -122,7 +128,11 @@ class SchedulerTelemetry:
                     sc.GEN_AI_REQUEST_TOP_P: sampling.top_p,
                     sc.GEN_AI_REQUEST_TOP_K: sampling.top_k,
                     sc.GEN_AI_REQUEST_CHOICE_COUNT: sampling.n,
-                    sc.GEN_AI_USAGE_INPUT_TOKENS: len(spec.prompt_token_ids),
+                    sc.GEN_AI_REQUEST_MODEL: self._model_name,
+                    sc.GEN_AI_RESPONSE_MODEL: self._model_name,
+                    # Not gen_ai.usage.*: the frontend's request span carries the usage, and UIs
+                    # that sum usage over a trace's spans would count it twice.
+                    sc.PROMPT_TOKENS: len(spec.prompt_token_ids),
                     sc.REQUEST_PRIORITY: spec.priority,
                     sc.REQUEST_PRIORITY_CLASS: int(spec.priority_class),
                     sc.REQUEST_CLIENT_ID: spec.client_id,
@@ -131,6 +141,12 @@ class SchedulerTelemetry:
             span.add_event(sc.EVENT_QUEUED)
         self._live[spec.request_id] = _LiveRequest(span, spec.arrival_time, len(spec.prompt_token_ids))
         self._unscheduled.add(spec.request_id)
+
+    def request_described(self, request_id: str, operation: int) -> None:
+        """Names the request span's operation as the client asked (a SubmitRequest.operation)."""
+        live = self._live.get(request_id)
+        if live is not None and live.span is not None and operation == scheduler_pb2.GEN_AI_OPERATION_CHAT:
+            live.span.set_attribute(sc.GEN_AI_OPERATION_NAME, sc.OPERATION_CHAT)
 
     def request_rejected(self, code: grpc.StatusCode) -> None:
         """A Submit refused before its request was queued."""
@@ -160,9 +176,7 @@ class SchedulerTelemetry:
         if span is None:
             return
         attributes: dict[str, object] = {
-            sc.GEN_AI_USAGE_OUTPUT_TOKENS: live.usage.completion_tokens
-            if live.usage
-            else live.num_output_tokens,
+            sc.OUTPUT_TOKENS: live.usage.completion_tokens if live.usage else live.num_output_tokens,
             sc.NUM_PREEMPTIONS: live.num_preemptions,
             sc.E2E_LATENCY_MS: (now - live.arrival) * 1000.0,
             sc.RPC_GRPC_STATUS_CODE: code.value[0],
@@ -170,7 +184,7 @@ class SchedulerTelemetry:
         if live.finish_reasons:
             attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = live.finish_reasons
         if live.usage is not None:
-            attributes[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = live.usage.cached_prompt_tokens
+            attributes[sc.PREFIX_CACHE_HIT_TOKENS] = live.usage.cached_prompt_tokens
         if live.scheduled_at is not None:
             attributes[sc.QUEUE_TIME_MS] = (live.scheduled_at - live.arrival) * 1000.0
         if live.first_token_at is not None:

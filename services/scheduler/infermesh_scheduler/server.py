@@ -123,7 +123,9 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     registry = create_registry("scheduler", model_name(cfg.model_path)) if cfg.metrics_port else None
     cache_config = CacheConfig(cfg.block_size, cfg.dtype, cfg.enable_prefix_cache, cfg.enable_swap)
-    telemetry = build_scheduler_telemetry(registry, lambda: engine.scheduler, cache_config)
+    telemetry = build_scheduler_telemetry(
+        registry, lambda: engine.scheduler, cache_config, model_name(cfg.model_path)
+    )
 
     def num_waiting() -> int:
         scheduler = engine.scheduler

@@ -64,6 +64,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 )
             spec = spec_from_submit(request, self._default_priority)
             stream = await self._engine.submit(spec, request.non_blocking, deadline)
+            if self._telemetry is not None:
+                self._telemetry.request_described(request.request_id, request.operation)
         except SubmitRejected as rejected:
             logger.info(
                 "request %s refused: %s: %s", request.request_id, rejected.code.name, rejected.message

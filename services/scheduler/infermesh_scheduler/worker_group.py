@@ -27,6 +27,8 @@ from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_aio_channe
 from infermesh_shared.peer_roles import WORKER
 from infermesh_shared.telemetry import aio_client_interceptors
 
+from infermesh_scheduler.group_tracing import forming_span
+
 logger = logging.getLogger(__name__)
 
 _CHANNEL_OPTIONS = [
@@ -285,7 +287,8 @@ class WorkerGroup:
     async def _form(self) -> None:
         previous = self.state
         try:
-            await self._form_from(previous)
+            with forming_span(self._settings.world_size):
+                await self._form_from(previous)
         except Exception:  # a bug here must not leave the group FORMING for ever
             logger.exception("forming the worker group failed unexpectedly; waiting for workers again")
             self._members = []

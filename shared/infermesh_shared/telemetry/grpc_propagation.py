@@ -106,10 +106,14 @@ class ServerTracePolicy:
 
     # Never traced: health checks and reflection.
     excluded_prefixes: tuple[str, ...] = ("/grpc.health.v1.", "/grpc.reflection.")
-    # Traced only inside a caller's trace: frontends poll these, and a trace per poll is noise.
+    # Traced only inside a caller's trace: frontends poll GetLoad/GetModelInfo, and a trace per poll
+    # is noise; a worker's Execute/Reset follow the scheduler's step (traced only when a sampled
+    # request is in it), so a worker never starts a trace of its own.
     parent_required: tuple[str, ...] = (
         "/infermesh.v1.SchedulerService/GetLoad",
         "/infermesh.v1.SchedulerService/GetModelInfo",
+        "/infermesh.v1.WorkerService/Execute",
+        "/infermesh.v1.WorkerService/Reset",
     )
 
     def traces(self, full_method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
