@@ -1,4 +1,10 @@
-"""`infermesh bench`: load a running frontend and print throughput and latency as one JSON line.
+"""`infermesh bench`: load a running server like `vllm bench serve` and report what it measured.
+
+Sends a workload (random lengths, a named workload or a JSONL dataset) to infermesh's gRPC
+frontend or to any OpenAI-compatible server (`--backend openai`), at a Poisson request rate or
+all at once under a concurrency cap, with a progress bar; prints a table on stderr and one JSON
+line on stdout (TTFT, TPOT, ITL and end-to-end p50/p90/p99, throughput, goodput against
+optional SLOs); `--save-result` and `--plot` keep the details.
 
 `infermesh bench scheduler` instead times the scheduler's own step against a zero-cost simulated
 worker, in this process.
@@ -7,41 +13,23 @@ worker, in this process.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import statistics
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
-from infermesh_shared.grpc_transport import open_aio_channel
-
-from infermesh_cli.bench_workload import (
-    WORKLOADS,
-    BenchRequest,
-    check_fits,
-    fit_to_vocab,
-    load_dataset,
-    random_workload,
-)
+from infermesh_cli.bench_backends import BACKENDS
+from infermesh_cli.bench_workload import WORKLOADS
 
 
-@dataclass(slots=True)
-class RequestTiming:
-    """What one benchmark request measured (seconds, tokens)."""
-
-    ttft_s: float
-    e2e_s: float
-    output_tokens: int
+class BenchUsageError(Exception):
+    """A benchmark that cannot run as asked (unreachable server, workload the model cannot hold)."""
 
 
 def add_bench_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark a running frontend (or, with 'scheduler', the scheduler alone)",
-        description="Sends requests with random prompt and output lengths (EOS ignored) and prints one JSON "
-        "line: output tokens/s, requests/s, TTFT p50/p99, time per output token p50/p99.",
+        help="benchmark a running server like `vllm bench serve` (or, with 'scheduler', the scheduler alone)",
+        description="Sends requests (EOS ignored) and prints a table on stderr and one JSON line on stdout: "
+        "throughput, TTFT/TPOT/ITL/end-to-end mean and p50/p90/p99, goodput against --goodput SLOs.",
     )
     parser.add_argument(
         "target",
@@ -50,9 +38,46 @@ def add_bench_subcommand(subparsers: argparse._SubParsersAction) -> None:
         default="serving",
         help="serving (default): load a frontend; scheduler: time scheduler steps",
     )
-    parser.add_argument("--address", default="127.0.0.1:50050", help="frontend host:port")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="infermesh",
+        help="infermesh (gRPC frontend, default), openai (/v1/completions of any OpenAI-compatible "
+        "server), openai-chat (/v1/chat/completions; text prompts only)",
+    )
+    parser.add_argument("--address", default="127.0.0.1:50050", help="infermesh backend: frontend host:port")
+    parser.add_argument(
+        "--base-url",
+        default="http://127.0.0.1:8000",
+        help="openai backends: server URL (with or without /v1)",
+    )
+    parser.add_argument("--model", help="openai backends: model id (default: the first of /v1/models)")
+    parser.add_argument("--api-key", help="openai backends: sent as a Bearer token")
     parser.add_argument("--num-requests", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=64,
+        help="most requests in flight at once (vllm's --max-concurrency; default 64)",
+    )
+    parser.add_argument(
+        "--request-rate",
+        type=float,
+        default=float("inf"),
+        help="requests per second, sent as a Poisson process; inf (default) sends all at once",
+    )
+    parser.add_argument(
+        "--goodput",
+        nargs="+",
+        default=[],
+        metavar="METRIC:MS",
+        help="SLOs for goodput, e.g. ttft:200 tpot:50 (metrics: ttft, tpot, itl, e2e; milliseconds)",
+    )
+    parser.add_argument(
+        "--save-result", type=Path, metavar="FILE.json", help="write summary and per-request data"
+    )
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="latency CDFs and throughput over time")
+    parser.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
     parser.add_argument(
         "--prompt-len",
         type=int,
@@ -87,7 +112,8 @@ def add_bench_subcommand(subparsers: argparse._SubParsersAction) -> None:
         "--dataset",
         type=Path,
         metavar="FILE.jsonl",
-        help='requests from JSON lines {"prompt_token_ids": [...], "output_len": N}',
+        help='requests from JSON lines {"prompt_token_ids": [...], "output_len": N} or '
+        '{"prompt": "text", "output_len": N}',
     )
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="give up after this long")
     parser.add_argument(
@@ -108,93 +134,96 @@ def run_bench(args: argparse.Namespace) -> int:
         for size in args.sizes:
             print(json.dumps(run_scheduler_bench(num_running=size, steps=args.steps)), flush=True)
         return 0
+    import asyncio
+
+    from infermesh_cli.bench_report import parse_slos
+    from infermesh_cli.bench_workload import load_dataset
+
     if args.num_requests < 1 or args.concurrency < 1:
         raise SystemExit("error: --num-requests and --concurrency must be >= 1")
+    if not args.request_rate > 0:
+        raise SystemExit("error: --request-rate must be > 0 (inf sends every request at once)")
     fixed = None
     try:
+        slos = parse_slos(args.goodput)
         if args.workload:
             fixed = WORKLOADS[args.workload]()
         elif args.dataset:
             fixed = load_dataset(args.dataset)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    result = asyncio.run(asyncio.wait_for(_bench_serving(args, fixed), args.timeout_s))
+    try:
+        result = asyncio.run(asyncio.wait_for(_bench_serving(args, fixed, slos), args.timeout_s))
+    except BenchUsageError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(json.dumps(result), flush=True)
     return 0
 
 
-async def _bench_serving(args: argparse.Namespace, fixed: list[BenchRequest] | None) -> dict:
-    async with open_aio_channel(args.address) as channel:
-        stub = frontend_pb2_grpc.FrontendServiceStub(channel)
-        info = (await stub.GetModelInfo(frontend_pb2.FrontendServiceGetModelInfoRequest(), timeout=30)).model
+async def _bench_serving(args: argparse.Namespace, fixed: list | None, slos: dict[str, float]) -> dict:
+    import sys
+
+    from infermesh_cli.bench_backends import make_backend
+    from infermesh_cli.bench_report import per_request_record, render_table, summarize
+    from infermesh_cli.bench_runner import run_load
+    from infermesh_cli.bench_workload import check_fits, fit_to_vocab, random_workload
+
+    backend = make_backend(args.backend, args.address, args.base_url, args.model, args.api_key)
+    try:
+        try:
+            model = await backend.model()
+        except Exception as exc:  # noqa: BLE001 - an unreachable server is a usage error, not a traceback
+            raise BenchUsageError(
+                f"cannot ask {args.address if args.backend == 'infermesh' else args.base_url} "
+                f"for its model: {exc}"
+            ) from None
         folded = False
         if fixed is None:
+            if not model.vocab_size and args.backend != "infermesh":
+                raise BenchUsageError(
+                    "random token-id prompts need the vocabulary size, which an OpenAI server does "
+                    "not report; give --dataset with text prompts"
+                )
             workload = random_workload(
                 args.num_requests,
                 tuple(args.prompt_len),
                 tuple(args.output_len),
                 args.shared_prefix_len,
-                info.vocab_size,
-                info.max_model_len,
+                model.vocab_size,
+                model.max_model_len,
                 args.seed,
             )
         else:
             try:
-                check_fits(fixed, info.max_model_len)
+                check_fits(fixed, model.max_model_len)
             except ValueError as exc:
-                raise SystemExit(f"error: {exc}") from None
-            workload, folded = fit_to_vocab(fixed, info.vocab_size)
+                raise BenchUsageError(str(exc)) from None
+            workload, folded = fit_to_vocab(fixed, model.vocab_size) if model.vocab_size else (fixed, False)
+        if args.backend == "openai-chat" and any(r.text is None for r in workload):
+            raise BenchUsageError('--backend openai-chat needs text prompts: a --dataset of {"prompt": ...}')
+        results, elapsed = await run_load(
+            backend, workload, args.request_rate, args.concurrency, args.seed, progress=not args.disable_tqdm
+        )
+    finally:
+        await backend.close()
 
-        gate = asyncio.Semaphore(args.concurrency)
-
-        async def one(prompt: list[int], max_tokens: int) -> RequestTiming:
-            async with gate:
-                request = frontend_pb2.GenerateStreamRequest(
-                    input=frontend_pb2.GenerateInput(
-                        token_ids=frontend_pb2.TokenIds(ids=prompt),
-                        sampling=frontend_pb2.ClientSamplingParams(
-                            temperature=0.0, max_tokens=max_tokens, ignore_eos=True
-                        ),
-                    )
-                )
-                start = time.perf_counter()
-                first = None
-                produced = 0
-                async for message in stub.GenerateStream(request):
-                    if message.token_ids and first is None:
-                        first = time.perf_counter()
-                    produced += len(message.token_ids)
-                end = time.perf_counter()
-                return RequestTiming(ttft_s=(first or end) - start, e2e_s=end - start, output_tokens=produced)
-
-        started = time.perf_counter()
-        timings = await asyncio.gather(*(one(r.prompt, r.max_tokens) for r in workload))
-        elapsed = time.perf_counter() - started
-
-    total_out = sum(t.output_tokens for t in timings)
-    ttfts = [t.ttft_s * 1000 for t in timings]
-    tpots = [(t.e2e_s - t.ttft_s) * 1000 / (t.output_tokens - 1) for t in timings if t.output_tokens > 1]
-    return {
-        "model": info.model_name,
+    summary = {
+        "backend": args.backend,
+        "model": model.name,
         "workload": args.workload or (str(args.dataset) if args.dataset else "random"),
         "token_ids_folded_into_vocab": folded,
         "num_requests": len(workload),
-        "prompt_tokens": sum(len(r.prompt) for r in workload),
         "concurrency": args.concurrency,
-        "duration_s": round(elapsed, 3),
-        "output_tokens": total_out,
-        "output_tokens_per_s": round(total_out / elapsed, 2),
-        "requests_per_s": round(len(workload) / elapsed, 3),
-        "ttft_ms_p50": round(_percentile(ttfts, 50), 2),
-        "ttft_ms_p99": round(_percentile(ttfts, 99), 2),
-        "tpot_ms_p50": round(_percentile(tpots, 50), 2),
-        "tpot_ms_p99": round(_percentile(tpots, 99), 2),
+        "request_rate": "inf" if args.request_rate == float("inf") else args.request_rate,
+        **summarize(results, elapsed, slos),
     }
+    print(render_table(summary, "Serving Benchmark Result"), file=sys.stderr, flush=True)
+    if args.save_result:
+        args.save_result.write_text(json.dumps({**summary, **per_request_record(results)}, indent=1) + "\n")
+    if args.plot:
+        from infermesh_cli.bench_plot import write_plot
 
-
-def _percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return 0.0
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1] if pct < 100 else max(values)
+        write_plot(
+            results, args.plot, f"infermesh bench: {model.name}, {args.backend}, {summary['workload']}"
+        )
+    return summary

@@ -14,10 +14,12 @@ from pathlib import Path
 
 @dataclass(slots=True, frozen=True)
 class BenchRequest:
-    """One request: prompt token ids and how many tokens to generate (EOS ignored)."""
+    """One request: prompt token ids (or text) and how many tokens to generate (EOS ignored)."""
 
     prompt: list[int]
     max_tokens: int
+    # A text prompt, tokenized by the server; `prompt` is then empty.
+    text: str | None = None
 
 
 PEERS_64_TOTALS = (14_946, 4_444)  # prompt tokens, output tokens
@@ -44,7 +46,8 @@ WORKLOADS = {"peers-64": peers_64}
 
 
 def load_dataset(path: Path) -> list[BenchRequest]:
-    """Reads JSON lines {"prompt_token_ids": [int, ...], "output_len": int}; blank lines are skipped."""
+    """Reads JSON lines {"prompt_token_ids": [int, ...], "output_len": int} or {"prompt": "text",
+    "output_len": int} (both kinds may be mixed); blank lines are skipped."""
     requests = []
     try:
         lines = path.read_text().splitlines()
@@ -60,12 +63,20 @@ def load_dataset(path: Path) -> list[BenchRequest]:
             raise ValueError(f"{where}: not JSON ({exc})") from exc
         if not isinstance(record, dict):
             raise ValueError(f'{where}: expected an object {{"prompt_token_ids": [...], "output_len": N}}')
-        prompt = record.get("prompt_token_ids")
         output_len = record.get("output_len")
-        if not isinstance(prompt, list) or not prompt or not all(_is_token(t) for t in prompt):
-            raise ValueError(f"{where}: prompt_token_ids must be a non-empty list of token ids >= 0")
         if not _is_token(output_len) or output_len < 1:
             raise ValueError(f"{where}: output_len must be an integer >= 1")
+        if ("prompt" in record) == ("prompt_token_ids" in record):
+            raise ValueError(f'{where}: give exactly one of "prompt" (text) and "prompt_token_ids"')
+        if "prompt" in record:
+            text = record["prompt"]
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"{where}: prompt must be non-empty text")
+            requests.append(BenchRequest([], output_len, text))
+            continue
+        prompt = record["prompt_token_ids"]
+        if not isinstance(prompt, list) or not prompt or not all(_is_token(t) for t in prompt):
+            raise ValueError(f"{where}: prompt_token_ids must be a non-empty list of token ids >= 0")
         requests.append(BenchRequest(prompt, output_len))
     if not requests:
         raise ValueError(f"dataset {path} holds no requests")
@@ -101,7 +112,7 @@ def fit_to_vocab(requests: list[BenchRequest], vocab_size: int) -> tuple[list[Be
     """Folds ids a smaller model does not know into its vocabulary (lengths, hence work, unchanged)."""
     if all(t < vocab_size for r in requests for t in r.prompt):
         return requests, False
-    return [BenchRequest([t % vocab_size for t in r.prompt], r.max_tokens) for r in requests], True
+    return [BenchRequest([t % vocab_size for t in r.prompt], r.max_tokens, r.text) for r in requests], True
 
 
 def check_fits(requests: list[BenchRequest], max_model_len: int) -> None:
@@ -109,7 +120,8 @@ def check_fits(requests: list[BenchRequest], max_model_len: int) -> None:
     if not max_model_len:
         return
     for index, request in enumerate(requests):
-        if len(request.prompt) + request.max_tokens > max_model_len:
+        # A text prompt's length is the server's to count.
+        if request.text is None and len(request.prompt) + request.max_tokens > max_model_len:
             raise ValueError(
                 f"request {index} needs {len(request.prompt) + request.max_tokens} tokens but the "
                 f"model serves at most max_model_len={max_model_len}; raise max_model_len"

@@ -34,20 +34,20 @@ def test_bench_serving_reports_one_json_line(llama_cluster):
         "--output-len",
         "5",
         "5",
+        "--request-rate",
+        "20",
+        "--disable-tqdm",
     )
     # EOS is ignored, so every request produces exactly its output length.
     assert report["output_tokens"] == 30
     assert report["num_requests"] == 6
-    for key in (
-        "output_tokens_per_s",
-        "requests_per_s",
-        "ttft_ms_p50",
-        "ttft_ms_p99",
-        "tpot_ms_p50",
-        "tpot_ms_p99",
-    ):
+    assert (report["completed"], report["failed"], report["request_rate"]) == (6, 0, 20)
+    for key in ("output_tokens_per_s", "requests_per_s"):
         assert report[key] > 0, key
-    assert report["ttft_ms_p99"] >= report["ttft_ms_p50"]
+    for metric in ("ttft", "tpot", "itl", "e2e"):
+        p50, p90, p99 = (report[f"{metric}_ms_p{pct}"] for pct in (50, 90, 99))
+        assert 0 < p50 <= p90 <= p99, metric
+    assert report["e2e_ms_p50"] >= report["ttft_ms_p50"]
 
 
 def test_bench_dataset_sends_exactly_its_requests(llama_cluster, tmp_path):
