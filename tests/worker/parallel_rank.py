@@ -6,6 +6,7 @@ import traceback
 
 import torch
 from infermesh_worker.model_runner import LoadSpec, ModelRunner
+from infermesh_worker.plan_codec import decode_plan
 
 from tests.worker.step_plans import StepPlanner
 
@@ -32,7 +33,7 @@ def drive(runner: ModelRunner) -> tuple[dict[int, list[int]], list[torch.Tensor]
     responses: list[list] = []
     schedule = {1: 7, 2: 4, 3: 2}
     for _ in range(NEW_TOKENS + 1):
-        result = runner.execute(planner.plan(schedule))
+        result = runner.execute(planner.records(schedule))
         responses.append([(t.seq_id, t.token_id) for t in result.tokens])
         # Every rank learns the sampled tokens (broadcast from the sampling rank), so take them from
         # this rank's own state rather than from the response, which only the sampling rank fills.
@@ -94,7 +95,7 @@ def run_rank_that_diverges(model_dir: str, rank: int, init_methods: list[str], r
             runner.init_kv_cache(NUM_BLOCKS, 0)
             planner = StepPlanner(BLOCK_SIZE, NUM_BLOCKS)
             planner.add(1, PROMPTS[1])
-            planner.record(runner.execute(planner.plan({1: len(PROMPTS[1])})).tokens)
+            planner.record(runner.execute(planner.records({1: len(PROMPTS[1])})).tokens)
             for seq_id, seq in planner.sequences.items():
                 seq.token_ids = list(runner.sequences[seq_id].token_ids)
             return planner
@@ -107,7 +108,7 @@ def run_rank_that_diverges(model_dir: str, rank: int, init_methods: list[str], r
         errors = []
         for _ in range(2):  # the failed step, then a step on the abandoned group
             try:
-                runner.execute(plan)
+                runner.execute(decode_plan(plan))
             except Exception as exc:  # noqa: BLE001 - the test inspects what each rank saw
                 errors.append(f"{type(exc).__name__}: {exc}")
         planner = load(init_methods[1])

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from infermesh.v1 import common_pb2, worker_pb2
+from infermesh_worker.plan_codec import decode_plan
+from infermesh_worker.step_plan import StepPlan
 
 
 @dataclass(slots=True)
@@ -95,6 +97,10 @@ class StepPlanner:
                 )
             seq.num_computed += count
         return plan
+
+    def records(self, schedule: dict[int, int]) -> StepPlan:
+        """plan(), decoded as the servicer does: what ModelRunner.execute takes."""
+        return decode_plan(self.plan(schedule))
 
     def record(self, tokens) -> None:
         """Appends sampled tokens (SampledToken protos or dataclasses) to their sequences."""

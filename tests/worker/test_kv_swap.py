@@ -43,13 +43,13 @@ def test_swapped_out_sequence_resumes_from_cpu_blocks(model_dirs):
     planner = StepPlanner(4, 16)
     prompt = [4, 8, 15, 16, 23, 42, 7]
     planner.add(1, prompt)
-    planner.record(runner.execute(planner.plan({1: len(prompt)})).tokens)
-    planner.record(runner.execute(planner.plan(planner.decode_all())).tokens)  # 8 tokens computed
+    planner.record(runner.execute(planner.records({1: len(prompt)})).tokens)
+    planner.record(runner.execute(planner.records(planner.decode_all())).tokens)  # 8 tokens computed
 
     # Preempt by swap: forget the sequence and copy its two blocks to CPU blocks 5 and 6.
     seq = planner.finish(1)
     planner.swap_out = [(seq.block_ids[0], 5), (seq.block_ids[1], 6)]
-    runner.execute(planner.plan({}))
+    runner.execute(planner.records({}))
     runner.kv_cache.device_cache[:, :, seq.block_ids] = 1e4  # the blocks are reused by someone else
 
     # Swap back into different device blocks and resend the sequence with its KV already computed.
@@ -60,9 +60,9 @@ def test_swapped_out_sequence_resumes_from_cpu_blocks(model_dirs):
     )
     resumed.shared_blocks = 0
     resumed.outputs = list(seq.outputs)
-    planner.record(runner.execute(planner.plan({1: 1})).tokens)
+    planner.record(runner.execute(planner.records({1: 1})).tokens)
     for _ in range(2):
-        planner.record(runner.execute(planner.plan(planner.decode_all())).tokens)
+        planner.record(runner.execute(planner.records(planner.decode_all())).tokens)
     assert planner.sequences[1].outputs == transformers_greedy(model_dir, prompt, 5)
 
 
@@ -72,7 +72,7 @@ def test_copy_on_write_fork_continues_like_its_parent(model_dirs):
     planner = StepPlanner(4, 16)
     prompt = [4, 8, 15, 16, 23, 42]  # 6 tokens: block 0 full, block 1 half full
     parent = planner.add(1, prompt)
-    planner.record(runner.execute(planner.plan({1: len(prompt)})).tokens)
+    planner.record(runner.execute(planner.records({1: len(prompt)})).tokens)
 
     # Fork after the first token: share the full block, copy the partial one.
     copy_dst = planner.free_blocks.pop()
@@ -83,7 +83,7 @@ def test_copy_on_write_fork_continues_like_its_parent(model_dirs):
     child.outputs = list(parent.outputs)
     child.shared_blocks = 1
     for _ in range(3):
-        planner.record(runner.execute(planner.plan(planner.decode_all())).tokens)
+        planner.record(runner.execute(planner.records(planner.decode_all())).tokens)
     expected = transformers_greedy(model_dir, prompt, 4)
     assert parent.outputs == expected
     assert child.outputs == expected

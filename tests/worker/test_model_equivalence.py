@@ -55,7 +55,7 @@ def test_greedy_and_logits_match_transformers(arch, model_dirs):
             for sid, n in schedule.items()
             if planner.sequences[sid].num_computed + n == len(prefixes[sid])
         }
-        result = runner.execute(planner.plan(schedule))
+        result = runner.execute(planner.records(schedule))
         assert {t.seq_id for t in result.tokens} == expect_sampled
         if result.tokens:
             # Captured logits rows follow the order of the returned tokens.
@@ -93,7 +93,7 @@ def test_greedy_and_logits_match_transformers(arch, model_dirs):
 
     for seq_id in list(planner.sequences):
         planner.finish(seq_id)
-    runner.execute(planner.plan({}))
+    runner.execute(planner.records({}))
     assert runner.sequences == {}
     assert sorted(planner.free_blocks) == list(range(128))
 
@@ -107,7 +107,7 @@ def test_half_precision_runs_close_to_fp32(dtype, model_dirs):
     planner = StepPlanner(BLOCK_SIZE, num_blocks=128)
     prompt = [5, 17, 99, 3, 42, 8, 120]
     planner.add(1, prompt)
-    runner.execute(planner.plan({1: len(prompt)}))
+    runner.execute(planner.records({1: len(prompt)}))
     reference = transformers_last_logits(model_dir, prompt)
     assert runner.kv_cache.device_cache.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     # Loose bound: half precision through 2 layers of random weights.
@@ -140,9 +140,9 @@ def test_tied_embeddings_biases_and_rope_scaling_match_transformers(tmp_path, ro
     planner = StepPlanner(BLOCK_SIZE, num_blocks=128)
     prompt = list(range(3, 40))  # longer than original_max_position_embeddings: scaling matters
     planner.add(1, prompt)
-    planner.record(runner.execute(planner.plan({1: len(prompt)})).tokens)
+    planner.record(runner.execute(planner.records({1: len(prompt)})).tokens)
     for _ in range(3):
-        planner.record(runner.execute(planner.plan(planner.decode_all())).tokens)
+        planner.record(runner.execute(planner.records(planner.decode_all())).tokens)
     assert planner.sequences[1].outputs == transformers_greedy(model_dir, prompt, 4)
 
 
@@ -155,10 +155,10 @@ def test_mistral_sliding_window_matches_transformers(tmp_path):
     planner = StepPlanner(BLOCK_SIZE, num_blocks=128)
     prompt = [(7 * i) % 200 + 3 for i in range(15)]  # longer than the window
     planner.add(1, prompt)
-    planner.record(runner.execute(planner.plan({1: 9})).tokens)
-    planner.record(runner.execute(planner.plan({1: 6})).tokens)  # chunk crosses the window edge
+    planner.record(runner.execute(planner.records({1: 9})).tokens)
+    planner.record(runner.execute(planner.records({1: 6})).tokens)  # chunk crosses the window edge
     for _ in range(3):
-        planner.record(runner.execute(planner.plan(planner.decode_all())).tokens)
+        planner.record(runner.execute(planner.records(planner.decode_all())).tokens)
     assert planner.sequences[1].outputs == transformers_greedy(model_dir, prompt, 4)
     torch.testing.assert_close(
         captured[0][0], transformers_last_logits(model_dir, prompt), atol=2e-4, rtol=1e-4
@@ -179,8 +179,8 @@ def test_sharded_checkpoint_loads_like_a_single_file(tmp_path, model_dirs):
         runner = make_runner(directory, block_size=BLOCK_SIZE)
         planner = StepPlanner(BLOCK_SIZE, num_blocks=128)
         planner.add(1, prompt)
-        planner.record(runner.execute(planner.plan({1: len(prompt)})).tokens)
+        planner.record(runner.execute(planner.records({1: len(prompt)})).tokens)
         for _ in range(3):
-            planner.record(runner.execute(planner.plan(planner.decode_all())).tokens)
+            planner.record(runner.execute(planner.records(planner.decode_all())).tokens)
         outputs.append(planner.sequences[1].outputs)
     assert outputs[0] == outputs[1] == transformers_greedy(model_dirs["qwen3"], prompt, 4)

@@ -107,7 +107,7 @@ def _run_plans(runner, block_size: int) -> list[torch.Tensor]:
     planner.add(2, list(range(11, 40)))
     planner.add(3, [200, 7])
     for schedule in ({1: 9, 2: 8, 3: 2}, {1: 1, 2: 13, 3: 1}):
-        planner.record(runner.execute(planner.plan(schedule)).tokens)
+        planner.record(runner.execute(planner.records(schedule)).tokens)
     # A prefix hit on sequence 1's first two blocks, prefilled beside decodes and a last chunk.
     planner.add(
         4,
@@ -115,9 +115,9 @@ def _run_plans(runner, block_size: int) -> list[torch.Tensor]:
         prefix_blocks=planner.sequences[1].block_ids[:2],
         num_computed=8,
     )
-    planner.record(runner.execute(planner.plan({**planner.decode_all(), 2: 8, 4: 3})).tokens)
+    planner.record(runner.execute(planner.records({**planner.decode_all(), 2: 8, 4: 3})).tokens)
     for _ in range(4):
-        planner.record(runner.execute(planner.plan(planner.decode_all())).tokens)
+        planner.record(runner.execute(planner.records(planner.decode_all())).tokens)
     return captured
 
 

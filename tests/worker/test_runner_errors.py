@@ -8,6 +8,7 @@ import torch
 from infermesh.v1 import worker_pb2
 from infermesh_worker.errors import WorkerError
 from infermesh_worker.model_runner import LoadSpec, ModelRunner
+from infermesh_worker.plan_codec import decode_plan
 
 from tests.model_factory import build_random_model
 from tests.worker.conftest import make_runner
@@ -21,7 +22,7 @@ def _code(excinfo) -> grpc.StatusCode:
 def test_execute_before_load_is_failed_precondition():
     runner = ModelRunner(torch.device("cpu"), kv_cache_memory_bytes=1 << 20)
     with pytest.raises(WorkerError, match="LoadModel") as excinfo:
-        runner.execute(worker_pb2.StepPlan(step_id=1))
+        runner.execute(decode_plan(worker_pb2.StepPlan(step_id=1)))
     assert _code(excinfo) == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -29,19 +30,19 @@ def test_computed_token_mismatch_is_failed_precondition_and_state_is_kept(model_
     runner = make_runner(model_dirs["llama"])
     planner = StepPlanner(4, 128)
     planner.add(1, [1, 2, 3, 4, 5])
-    planner.record(runner.execute(planner.plan({1: 5})).tokens)
+    planner.record(runner.execute(planner.records({1: 5})).tokens)
     bad = worker_pb2.StepPlan(step_id=9)
     bad.running_sequences.add(seq_id=1, num_computed_tokens=3, num_scheduled_tokens=1)
     with pytest.raises(
         WorkerError, match="5 computed tokens on this worker but the scheduler says 3"
     ) as excinfo:
-        runner.execute(bad)
+        runner.execute(decode_plan(bad))
     assert _code(excinfo) == grpc.StatusCode.FAILED_PRECONDITION
     assert runner.sequences[1].num_computed_tokens == 5
     unknown = worker_pb2.StepPlan(step_id=10)
     unknown.running_sequences.add(seq_id=77, num_computed_tokens=0, num_scheduled_tokens=1)
     with pytest.raises(WorkerError, match="holds no sequence 77") as excinfo:
-        runner.execute(unknown)
+        runner.execute(decode_plan(unknown))
     assert _code(excinfo) == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -59,7 +60,7 @@ def test_bad_new_sequence_is_invalid_argument(model_dirs, new_sequence, message)
     plan = worker_pb2.StepPlan(step_id=1)
     plan.new_sequences.add(seq_id=1, **new_sequence)
     with pytest.raises(WorkerError, match=message) as excinfo:
-        runner.execute(plan)
+        runner.execute(decode_plan(plan))
     assert _code(excinfo) == grpc.StatusCode.INVALID_ARGUMENT
     assert runner.sequences == {}
 

@@ -78,7 +78,7 @@ def _generate(runner, planner, seq_ids, count):
         schedule = {
             s: n for s, n in planner.decode_all().items() if len(planner.sequences[s].outputs) < count
         }
-        planner.record(runner.execute(planner.plan(schedule)).tokens)
+        planner.record(runner.execute(planner.records(schedule)).tokens)
 
 
 def test_seeded_request_reproducible_across_batches_and_preemption(model_dirs):
@@ -91,7 +91,7 @@ def test_seeded_request_reproducible_across_batches_and_preemption(model_dirs):
     runner = make_runner(model_dir)
     planner = StepPlanner(4, 128)
     planner.add(1, prompt, seeded)
-    planner.record(runner.execute(planner.plan({1: len(prompt)})).tokens)
+    planner.record(runner.execute(planner.records({1: len(prompt)})).tokens)
     _generate(runner, planner, [1], 8)
     alone = planner.sequences[1].outputs
 
@@ -101,13 +101,13 @@ def test_seeded_request_reproducible_across_batches_and_preemption(model_dirs):
     planner.add(2, [1, 2, 3, 4, 5, 6, 7, 8, 9], unseeded)
     planner.add(1, prompt, seeded)
     planner.add(3, [50, 51], common_pb2.SamplingParams(temperature=1.0, top_p=1.0, seed=99))
-    planner.record(runner.execute(planner.plan({2: 9, 1: 3, 3: 2})).tokens)
-    planner.record(runner.execute(planner.plan({1: 3, **planner.decode_all()})).tokens)
+    planner.record(runner.execute(planner.records({2: 9, 1: 3, 3: 2})).tokens)
+    planner.record(runner.execute(planner.records({1: 3, **planner.decode_all()})).tokens)
     _generate(runner, planner, [1], 3)
     before = planner.finish(1)
     planner.add(1, before.token_ids, seeded, num_output=len(before.outputs))
     planner.sequences[1].outputs = list(before.outputs)
-    planner.record(runner.execute(planner.plan({1: len(before.token_ids)})).tokens)
+    planner.record(runner.execute(planner.records({1: len(before.token_ids)})).tokens)
     _generate(runner, planner, [1], 8)
     assert planner.sequences[1].outputs == alone
 

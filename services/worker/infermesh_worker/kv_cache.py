@@ -10,10 +10,6 @@ from collections.abc import Sequence
 
 import torch
 
-from infermesh_worker.errors import InvalidArgumentError
-
-DTYPE_SIZES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
-
 
 def kv_block_bytes(
     block_size: int, num_layers: int, num_kv_heads: int, head_dim: int, dtype_size: int
@@ -51,23 +47,8 @@ class KVCache:
         """[2, num_blocks, block_size, kv_heads, head_dim] view of local layer `index`."""
         return self.device_cache[index]
 
-    def check_moves(self, kind: str, moves: Sequence[tuple[int, int]]) -> None:
-        src_limit, dst_limit = {
-            "swap_out": (self.num_blocks, self.num_cpu_blocks),
-            "swap_in": (self.num_cpu_blocks, self.num_blocks),
-            "copy": (self.num_blocks, self.num_blocks),
-        }[kind]
-        if moves and kind != "copy" and self.num_cpu_blocks == 0:
-            raise InvalidArgumentError(f"step plan has {kind} moves but the worker has no CPU swap blocks")
-        for src, dst in moves:
-            if src >= src_limit or dst >= dst_limit:
-                raise InvalidArgumentError(
-                    f"{kind} move {src}->{dst} is out of range (source blocks: {src_limit}, "
-                    f"destination blocks: {dst_limit})"
-                )
-
     def swap_out(self, moves: Sequence[tuple[int, int]]) -> None:
-        """Device blocks -> CPU blocks."""
+        """Device blocks -> CPU blocks (moves checked by plan_state.check_moves)."""
         if moves:
             src, dst = self._indices(moves, self.device_cache.device)
             self.cpu_cache[:, :, dst.cpu()] = self.device_cache[:, :, src].to("cpu")

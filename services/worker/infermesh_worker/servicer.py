@@ -15,6 +15,8 @@ from opentelemetry import trace
 
 from infermesh_worker.errors import WorkerError
 from infermesh_worker.model_runner import LoadSpec, ModelRunner
+from infermesh_worker.plan_codec import decode_plan, encode_result
+from infermesh_worker.step_plan import StepPlan
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             self._last_step = 0
             self._order.notify_all()
 
-    def _queue_step(self, context: grpc.ServicerContext, plan: worker_pb2.StepPlan):
+    def _queue_step(self, context: grpc.ServicerContext, plan: StepPlan):
         """Queues the plan on the torch thread right after its predecessor; returns the future."""
         with self._order:
             if plan.previous_step_id:
@@ -132,18 +134,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     def Execute(self, request: worker_pb2.ExecuteRequest, context) -> worker_pb2.ExecuteResponse:
         start = time.perf_counter()
-        queued = self._queue_step(context, request.plan)
-        result = self._call(context, "Execute", self.runner.execute, request.plan, queued=queued)
+        plan = decode_plan(request.plan)
+        queued = self._queue_step(context, plan)
+        result = self._call(context, "Execute", self.runner.execute, plan, queued=queued)
         if self.metrics is not None:
             self.metrics.step_seconds.observe(time.perf_counter() - start)
-            plan = request.plan
-            computed = sum(s.num_scheduled_tokens for s in plan.new_sequences) + sum(
-                s.num_scheduled_tokens for s in plan.running_sequences
-            )
-            self.metrics.step_tokens.inc(computed)
+            self.metrics.step_tokens.inc(plan.num_scheduled_tokens())
         if tracing_enabled():
             # The interceptor's Execute server span is current: it is the engine step's child.
-            plan = request.plan
             trace.get_current_span().set_attributes(
                 {
                     semconv.STEP_ID: plan.step_id,
@@ -151,14 +149,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     semconv.STEP_COMPUTE_TIME_US: result.compute_time_us,
                 }
             )
-        return worker_pb2.ExecuteResponse(
-            step_id=result.step_id,
-            tokens=[
-                worker_pb2.SampledToken(seq_id=t.seq_id, token_id=t.token_id, logprob=t.logprob)
-                for t in result.tokens
-            ],
-            compute_time_us=result.compute_time_us,
-        )
+        return encode_result(result)
 
     def Reset(self, request: worker_pb2.ResetRequest, context) -> worker_pb2.ResetResponse:
         self._restart_chain()

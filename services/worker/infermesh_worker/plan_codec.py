@@ -1,0 +1,71 @@
+"""worker_pb2 <-> the worker's plain records, at the servicer: the only place the worker's step
+path sees protobuf."""
+
+from __future__ import annotations
+
+from infermesh.v1 import worker_pb2
+
+from infermesh_worker.step_plan import (
+    NewSequence,
+    RunningSequence,
+    SamplingSpec,
+    StepPlan,
+    StepResult,
+    ToldToken,
+)
+
+
+def decode_plan(plan: worker_pb2.StepPlan) -> StepPlan:
+    return StepPlan(
+        step_id=plan.step_id,
+        previous_step_id=plan.previous_step_id,
+        finished_seq_ids=list(plan.finished_seq_ids),
+        swap_out=[(m.src, m.dst) for m in plan.swap_out],
+        swap_in=[(m.src, m.dst) for m in plan.swap_in],
+        copy=[(m.src, m.dst) for m in plan.copy],
+        new_sequences=[
+            NewSequence(
+                seq_id=new.seq_id,
+                token_ids=list(new.token_ids),
+                block_ids=list(new.block_ids),
+                num_computed_tokens=new.num_computed_tokens,
+                num_scheduled_tokens=new.num_scheduled_tokens,
+                num_output_tokens=new.num_output_tokens,
+                sampling=_sampling(new.sampling),
+            )
+            for new in plan.new_sequences
+        ],
+        running_sequences=[
+            RunningSequence(
+                seq_id=run.seq_id,
+                new_block_ids=list(run.new_block_ids),
+                num_computed_tokens=run.num_computed_tokens,
+                num_scheduled_tokens=run.num_scheduled_tokens,
+            )
+            for run in plan.running_sequences
+        ],
+        sampled_tokens=[ToldToken(t.seq_id, t.token_id) for t in plan.sampled_tokens],
+        tokens_in_later_plans=plan.tokens_in_later_plans,
+    )
+
+
+def _sampling(s) -> SamplingSpec:
+    return SamplingSpec(
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p if s.top_p > 0 else 1.0,
+        min_p=s.min_p,
+        seed=s.seed if s.HasField("seed") else None,
+        logprobs=s.logprobs,
+    )
+
+
+def encode_result(result: StepResult) -> worker_pb2.ExecuteResponse:
+    return worker_pb2.ExecuteResponse(
+        step_id=result.step_id,
+        tokens=[
+            worker_pb2.SampledToken(seq_id=t.seq_id, token_id=t.token_id, logprob=t.logprob)
+            for t in result.tokens
+        ],
+        compute_time_us=result.compute_time_us,
+    )
