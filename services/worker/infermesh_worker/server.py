@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 from concurrent import futures
 
 import torch
 from infermesh.v1 import worker_pb2, worker_pb2_grpc
+from infermesh_shared.discovery.advertised_address import advertised_address
 from infermesh_shared.grpc_server import add_health_and_reflection, health_only_server, set_serving
 from infermesh_shared.grpc_transport import (
     EXIT_PORT_IN_USE,
@@ -58,11 +58,6 @@ def resolve_device(name: str) -> torch.device:
             )
         return device
     return torch.device("cpu")
-
-
-def advertised_host(host: str) -> str:
-    """The host part other processes can dial (a wildcard bind advertises this machine's name)."""
-    return socket.getfqdn() if host in ("0.0.0.0", "::", "[::]", "") else host
 
 
 def run(cfg) -> int:
@@ -125,7 +120,8 @@ def run(cfg) -> int:
         health_server.start()
     server.start()
     set_serving(health, [SERVICE_NAME], True)
-    address = f"{advertised_host(cfg.host)}:{port}"
+    # The same rule as the scheduler's: a wildcard bind advertises this machine's address.
+    address = advertised_address("", cfg.host, port)
     print(f"worker listening on {cfg.host}:{port}", flush=True)
 
     stop = threading.Event()
