@@ -30,9 +30,10 @@ def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pp-size", type=int, default=1, help="pipeline stages")
     parser.add_argument(
         "--dtype",
-        choices=["bf16", "fp16", "fp32"],
-        default="fp32",
-        help="weights and KV dtype (default fp32: the fast one on CPU)",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        default="auto",
+        help="weights and KV dtype (default auto: bf16 where the device computes it natively, "
+        "e.g. a CPU with AVX512-BF16/AMX, else fp32 on CPU)",
     )
     parser.add_argument("--log-dir", type=Path, help="where service logs go (default: a new temp dir)")
     parser.add_argument(

@@ -80,7 +80,7 @@ def test_scheduler_schema_covers_seed_000():
         if seed_default is not None:
             assert props[key]["default"] == seed_default, key
     assert props["log_level"]["enum"] == ["trace", "debug", "info", "warn", "error"]
-    assert props["dtype"]["enum"] == ["bf16", "fp16", "fp32"]
+    assert props["dtype"]["enum"] == ["auto", "bf16", "fp16", "fp32"]
     assert "model_path" in load_schema("scheduler")["required"]
 
 

@@ -61,7 +61,9 @@ class LoadedShard:
 
 def check_spec(spec: LoadSpec, device: torch.device) -> ModelConfig:
     """Everything that can be refused before joining the group, so every rank fails alike, at once."""
-    dtype = parse_dtype(spec.dtype)
+    dtype = parse_dtype(spec.dtype, device)
+    if spec.dtype.lower() == "auto":
+        logger.info("dtype auto -> %s on %s", str(dtype).removeprefix("torch."), device)
     if spec.block_size < 1:
         raise InvalidArgumentError("block_size must be >= 1")
     if dtype == torch.float16 and device.type == "cpu":
@@ -78,7 +80,7 @@ def load_shard(
     spec: LoadSpec, config: ModelConfig, device: torch.device, dist_timeout_s: float
 ) -> LoadedShard:
     """Joins the process group and loads this rank's layers; leaves the group again on failure."""
-    dtype = parse_dtype(spec.dtype)
+    dtype = parse_dtype(spec.dtype, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL binds each rank to the current device
     parallel = init_parallel(

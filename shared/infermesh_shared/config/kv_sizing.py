@@ -6,7 +6,9 @@ import math
 
 from .model_metadata import ModelMetadata
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "bfloat16": 2, "float16": 2, "float32": 4}
+# `auto` is resolved by each worker for its device (bf16 where native, else fp32 on CPU); sized
+# here as the larger choice, so a byte budget (swap space) is never exceeded.
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "bfloat16": 2, "float16": 2, "float32": 4, "auto": 4}
 GIB = 1 << 30
 
 
@@ -15,7 +17,7 @@ def dtype_size(dtype: str) -> int:
     try:
         return DTYPE_BYTES[dtype]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of bf16, fp16, fp32") from None
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of auto, bf16, fp16, fp32") from None
 
 
 def kv_heads_per_rank(metadata: ModelMetadata, tp_size: int = 1) -> int:
