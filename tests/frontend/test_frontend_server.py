@@ -469,7 +469,9 @@ def test_metrics_endpoint_counts_requests(loop: LoopThread, model_dir: Path, fak
             text = page.read().decode()
     finally:
         loop.run(server.stop(0))
-    assert 'infermesh_requests_total{status="ok"} 1.0' in text
-    assert 'infermesh_requests_total{status="invalid_argument"} 1.0' in text
-    assert "infermesh_time_to_first_token_seconds_count 1.0" in text
-    assert f"infermesh_generation_tokens_total {float(len(fake.tokens))}" in text
+    # Every series names the service and the model the scheduler reported.
+    labels = 'model_name="fake-model",service="frontend"'
+    assert f'infermesh_requests_total{{{labels},status="ok"}} 1.0' in text
+    assert f'infermesh_requests_total{{{labels},status="invalid_argument"}} 1.0' in text
+    assert f"infermesh_time_to_first_token_seconds_count{{{labels}}} 1.0" in text
+    assert f"infermesh_generation_tokens_total{{{labels}}} {float(len(fake.tokens))}" in text

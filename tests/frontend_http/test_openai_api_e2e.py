@@ -19,6 +19,7 @@ import openai
 import pytest
 import transformers
 from infermesh.v1 import frontend_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import (
     build_served_model,
@@ -216,9 +217,10 @@ def test_raw_http_error_body(cluster) -> None:
 def _cancelled_requests(metrics_url: str) -> float:
     with urllib.request.urlopen(metrics_url, timeout=TIMEOUT_S) as response:
         text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith('infermesh_requests_total{status="cancelled"}'):
-            return float(line.split()[-1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "infermesh_requests_total" and sample.labels.get("status") == "cancelled":
+                return sample.value
     return 0.0
 
 

@@ -153,8 +153,10 @@ def test_worker_registers_and_serves_steps(fake_scheduler, model_dirs):
         metrics = (
             urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         )
-        assert re.search(r"^infermesh_worker_step_tokens_total 20\.0$", metrics, re.M), metrics
-        assert re.search(r"^infermesh_worker_step_seconds_count 5\.0$", metrics, re.M), metrics
+        # Labelled with the service and the model directory's name once LoadModel ran.
+        labels = f'{{model_name="{model_dir.name}",service="worker"}}'
+        assert f"infermesh_worker_step_tokens_total{labels} 20.0" in metrics.splitlines(), metrics
+        assert f"infermesh_worker_step_seconds_count{labels} 5.0" in metrics.splitlines(), metrics
 
         mismatch = worker_pb2.StepPlan(step_id=99)
         mismatch.running_sequences.add(seq_id=1, num_computed_tokens=2, num_scheduled_tokens=1)
