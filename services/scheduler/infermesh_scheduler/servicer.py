@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +11,7 @@ import grpc
 from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from infermesh_scheduler.engine_loop import EngineLoop
+from infermesh_scheduler.load_response import load_response
 from infermesh_scheduler.request_codec import response_from_output, spec_from_submit
 from infermesh_scheduler.request_stream import StreamError
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
@@ -20,8 +20,6 @@ from infermesh_scheduler.submit_validation import ModelLimits, SubmitRejected, v
 from infermesh_scheduler.worker_group import GroupFull, NameTaken, WorkerGroup
 
 logger = logging.getLogger(__name__)
-
-_LOAD_FIELDS = frozenset(scheduler_pb2.GetLoadResponse.DESCRIPTOR.fields_by_name)
 
 
 def _monotonic_deadline(deadline_unix_ms: int) -> float | None:
@@ -107,18 +105,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def GetLoad(
         self, request: scheduler_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.GetLoadResponse:
-        response = scheduler_pb2.GetLoadResponse(serving=self._health.serving())
         scheduler = self._engine.scheduler
-        if scheduler is not None:
-            snapshot = scheduler.load()
-            for f in dataclasses.fields(snapshot):
-                if f.name in _LOAD_FIELDS and f.name != "serving":
-                    value = getattr(snapshot, f.name)
-                    if f.name == "cached_prefix_hashes":
-                        response.cached_prefix_hashes.extend(value)
-                    else:
-                        setattr(response, f.name, value)
-        return response
+        return load_response(scheduler.load() if scheduler is not None else None, self._health.serving())
 
     async def GetModelInfo(
         self, request: scheduler_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
