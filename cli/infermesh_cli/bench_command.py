@@ -7,7 +7,8 @@ line on stdout (TTFT, TPOT, ITL and end-to-end p50/p90/p99, throughput, goodput 
 optional SLOs); `--save-result` and `--plot` keep the details.
 
 `infermesh bench scheduler` instead times the scheduler's own step against a zero-cost simulated
-worker, in this process.
+worker, in this process; `infermesh bench profile` measures a running cluster's step times over a
+grid for `infermesh simulate --profile`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 from pathlib import Path
 
 from infermesh_cli.bench_backends import BACKENDS
+from infermesh_cli.bench_profile import add_profile_arguments
 from infermesh_cli.bench_workload import WORKLOADS
 
 
@@ -34,9 +36,10 @@ def add_bench_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "target",
         nargs="?",
-        choices=["serving", "scheduler"],
+        choices=["serving", "scheduler", "profile"],
         default="serving",
-        help="serving (default): load a frontend; scheduler: time scheduler steps",
+        help="serving (default): load a frontend; scheduler: time scheduler steps; "
+        "profile: measure step times over a grid (writes --profile-output)",
     )
     parser.add_argument(
         "--backend",
@@ -124,6 +127,7 @@ def add_bench_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="scheduler target only: running-sequence counts to time",
     )
     parser.add_argument("--steps", type=int, default=200, help="scheduler target only: steps per size")
+    add_profile_arguments(parser)
     parser.set_defaults(handler=run_bench)
 
 
@@ -134,6 +138,10 @@ def run_bench(args: argparse.Namespace) -> int:
         for size in args.sizes:
             print(json.dumps(run_scheduler_bench(num_running=size, steps=args.steps)), flush=True)
         return 0
+    if args.target == "profile":
+        from infermesh_cli.bench_profile import run_profile
+
+        return run_profile(args)
     import asyncio
 
     from infermesh_cli.bench_report import parse_slos
