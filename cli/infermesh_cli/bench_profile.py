@@ -29,8 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
+from infermesh_shared.grpc_transport import open_aio_channel
 
 # The first tokens of a decode stream overlap other streams' prefills: they are not lock-step decodes.
 _SKIP_GAPS = 2
@@ -91,7 +91,7 @@ async def _profile(args: argparse.Namespace) -> dict:
 
     # A fresh token per request start keeps prompts from hitting each other's cached blocks.
     fresh = itertools.count(1)
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with open_aio_channel(args.address) as channel:
         stub = frontend_pb2_grpc.FrontendServiceStub(channel)
         info = (await stub.GetModelInfo(frontend_pb2.FrontendServiceGetModelInfoRequest(), timeout=30)).model
         vocab = max(2, info.vocab_size)
