@@ -29,9 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
-from infermesh_shared.grpc_transport import open_aio_channel
-
 # The first tokens of a decode stream overlap other streams' prefills: they are not lock-step decodes.
 _SKIP_GAPS = 2
 
@@ -88,6 +85,9 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 async def _profile(args: argparse.Namespace) -> dict:
+    # Imported here: `infermesh --help` and the other commands do not load gRPC for this one.
+    from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
+    from infermesh_shared.grpc_transport import open_aio_channel
 
     # A fresh token per request start keeps prompts from hitting each other's cached blocks.
     fresh = itertools.count(1)
@@ -197,7 +197,9 @@ def _sample(
 
 
 async def _stream(stub, prompt: list[int], max_tokens: int) -> tuple[float, list[float]]:
-    """Sends one request; returns when it was sent and when each output token arrived."""
+    """Sends one request to a FrontendServiceStub; returns when it was sent and when each output
+    token arrived."""
+    from infermesh.v1 import frontend_pb2
 
     request = frontend_pb2.GenerateStreamRequest(
         input=frontend_pb2.GenerateInput(

@@ -228,3 +228,20 @@ def test_cli_runs_as_a_subprocess():
         timeout=120,
     )
     assert out.returncode == 0 and "--profile" in out.stdout
+
+
+def test_a_simulation_imports_no_model_stack(tmp_path):
+    """The simulator lives beside the CLI on machines without torch: a whole run must not import it."""
+    (tmp_path / "sim.yaml").write_text(
+        json.dumps({"duration_s": 1, "step_time": small_config().law.as_dict(), "workload": {"rate": 20}})
+    )
+    probe = (
+        "import json, sys\n"
+        "from infermesh_cli.__main__ import main\n"
+        f"main(['simulate', '--config', {str(tmp_path / 'sim.yaml')!r}])\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'tokenizers', 'safetensors') "
+        "if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

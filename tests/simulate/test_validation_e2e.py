@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from infermesh_cli.demo_model import ensure_demo_model
+from infermesh_cli.demo_model import DEMO_VOCAB_SIZE, ensure_demo_model
 from infermesh_cli.local_cluster import ClusterSpec, LocalCluster
 
 from tests.e2e.harness import wait_all_blocks_free
@@ -39,10 +39,22 @@ def _infermesh(*args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _bench_lengths() -> list[tuple[int, int]]:
-    """The (prompt, output) lengths `infermesh bench --seed SEED` draws, in its order."""
+def _write_workload(work: Path) -> tuple[Path, Path]:
+    """The 64 requests twice: token ids for `infermesh bench --dataset`, lengths for the simulator."""
     rng = random.Random(SEED)
-    return [(rng.randint(*PROMPT_LEN), rng.randint(*OUTPUT_LEN)) for _ in range(NUM_REQUESTS)]
+    lengths = [(rng.randint(*PROMPT_LEN), rng.randint(*OUTPUT_LEN)) for _ in range(NUM_REQUESTS)]
+    dataset, trace = work / "dataset.jsonl", work / "lengths.jsonl"
+    dataset.write_text(
+        "".join(
+            json.dumps(
+                {"prompt_token_ids": [rng.randrange(1, DEMO_VOCAB_SIZE) for _ in range(p)], "output_len": o}
+            )
+            + "\n"
+            for p, o in lengths
+        )
+    )
+    trace.write_text("".join(json.dumps({"prompt_len": p, "output_len": o}) + "\n" for p, o in lengths))
+    return dataset, trace
 
 
 def _profile(address: str, path: Path) -> dict:
@@ -101,6 +113,7 @@ def run_comparison(work: Path) -> tuple[dict[str, tuple[float, float]], float]:
         ],
         worker_args=["--num-threads", "1"],
     )
+    dataset, trace = _write_workload(work)
     with LocalCluster(spec).start() as cluster:
         # Half the profile before the benchmark and half after: the machine is shared, and its
         # speed drifts; both halves together see what the benchmark saw.
@@ -109,27 +122,21 @@ def run_comparison(work: Path) -> tuple[dict[str, tuple[float, float]], float]:
             "bench",
             "--address",
             cluster.frontend_address,
-            "--num-requests",
-            str(NUM_REQUESTS),
+            "--dataset",
+            str(dataset),
             "--concurrency",
             str(NUM_REQUESTS),
-            "--prompt-len",
-            *map(str, PROMPT_LEN),
-            "--output-len",
-            *map(str, OUTPUT_LEN),
-            "--seed",
-            str(SEED),
+            "--disable-tqdm",
         )
         halves.append(_profile(cluster.frontend_address, work / "profile-after.json"))
         wait_all_blocks_free(cluster.scheduler_address)
     (work / "bench.json").write_text(json.dumps(measured))
     profile_path = work / "profile.json"
     profile_path.write_text(json.dumps({**halves[0], "samples": halves[0]["samples"] + halves[1]["samples"]}))
-    lengths = _bench_lengths()
-    # The benchmark drew exactly these lengths (EOS is ignored): the simulation replays them.
-    assert measured["output_tokens"] == sum(o for _, o in lengths)
-    trace = work / "lengths.jsonl"
-    trace.write_text("".join(json.dumps({"prompt_len": p, "output_len": o}) + "\n" for p, o in lengths))
+    # EOS is ignored: every request produced exactly its output length, as the simulation will.
+    assert measured["completed"] == NUM_REQUESTS and measured["output_tokens"] == sum(
+        json.loads(line)["output_len"] for line in trace.read_text().splitlines()
+    )
     config = work / "sim.yaml"
     config.write_text(
         json.dumps(
