@@ -55,18 +55,21 @@ class Backend(Protocol):
 class GrpcBackend:
     """infermesh's FrontendService.GenerateStream."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, api_key: str | None = None, tls_ca_file: str = "") -> None:
         from infermesh.v1 import frontend_pb2_grpc
-        from infermesh_shared.grpc_transport import open_aio_channel
+        from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_aio_channel
 
-        self._channel = open_aio_channel(address)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._channel = open_aio_channel(address, TlsFiles(ca_file=tls_ca_file) if tls_ca_file else PLAINTEXT)
         self._stub = frontend_pb2_grpc.FrontendServiceStub(self._channel)
 
     async def model(self) -> ServedModel:
         from infermesh.v1 import frontend_pb2
 
         info = (
-            await self._stub.GetModelInfo(frontend_pb2.FrontendServiceGetModelInfoRequest(), timeout=30)
+            await self._stub.GetModelInfo(
+                frontend_pb2.FrontendServiceGetModelInfoRequest(), timeout=30, metadata=self._metadata
+            )
         ).model
         return ServedModel(info.model_name, info.vocab_size, info.max_model_len)
 
@@ -85,7 +88,9 @@ class GrpcBackend:
             )
         result = RequestResult(start=time.perf_counter(), prompt_tokens=len(request.prompt))
         try:
-            call = self._stub.GenerateStream(frontend_pb2.GenerateStreamRequest(input=generate_input))
+            call = self._stub.GenerateStream(
+                frontend_pb2.GenerateStreamRequest(input=generate_input), metadata=self._metadata
+            )
             async for message in call:
                 if message.token_ids:
                     result.chunks.append((time.perf_counter(), len(message.token_ids)))
@@ -202,7 +207,9 @@ async def _sse_events(content) -> AsyncIterator[dict]:
         yield json.loads(data)
 
 
-def make_backend(name: str, address: str, base_url: str, model: str | None, api_key: str | None) -> Backend:
+def make_backend(
+    name: str, address: str, base_url: str, model: str | None, api_key: str | None, tls_ca_file: str = ""
+) -> Backend:
     if name == "infermesh":
-        return GrpcBackend(address)
+        return GrpcBackend(address, api_key, tls_ca_file)
     return OpenAIBackend(base_url, model, chat=name == "openai-chat", api_key=api_key)

@@ -55,7 +55,13 @@ def add_bench_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="openai backends: server URL (with or without /v1)",
     )
     parser.add_argument("--model", help="openai backends: model id (default: the first of /v1/models)")
-    parser.add_argument("--api-key", help="openai backends: sent as a Bearer token")
+    parser.add_argument(
+        "--api-key",
+        help="sent as 'Authorization: Bearer KEY' (gRPC metadata or HTTP header); default $INFERMESH_API_KEY",
+    )
+    parser.add_argument(
+        "--tls-ca-file", default="", help="infermesh backend: CA of a frontend serving TLS (client_tls)"
+    )
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument(
         "--concurrency",
@@ -175,8 +181,10 @@ async def _bench_serving(args: argparse.Namespace, fixed: list | None, slos: dic
     from infermesh_cli.bench_report import per_request_record, render_table, summarize
     from infermesh_cli.bench_runner import run_load
     from infermesh_cli.bench_workload import check_fits, fit_to_vocab, random_workload
+    from infermesh_cli.frontend_client import resolve_api_key
 
-    backend = make_backend(args.backend, args.address, args.base_url, args.model, args.api_key)
+    api_key = resolve_api_key(args.api_key)
+    backend = make_backend(args.backend, args.address, args.base_url, args.model, api_key, args.tls_ca_file)
     try:
         try:
             model = await backend.model()

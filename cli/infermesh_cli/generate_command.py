@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # grpc and the stubs load in the handler, so `infermesh --help` does not pay for them
     from infermesh.v1 import frontend_pb2
 
+from infermesh_cli.frontend_client import add_frontend_client_options, call_metadata, frontend_tls
+
 DEFAULT_FRONTEND_ADDRESS = "127.0.0.1:50050"
 
 
@@ -32,6 +34,7 @@ def add_generate_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating after EOS")
     parser.add_argument("--stream", action="store_true", help="print text as it is generated")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the answer")
+    add_frontend_client_options(parser)
     parser.set_defaults(handler=run_generate)
 
 
@@ -53,18 +56,19 @@ def run_generate(args: argparse.Namespace) -> int:
     from infermesh_shared.grpc_transport import open_channel
 
     try:
-        with open_channel(args.address) as channel:
+        metadata = call_metadata(args)
+        with open_channel(args.address, frontend_tls(args)) as channel:
             stub = frontend_pb2_grpc.FrontendServiceStub(channel)
             request_input = _request_input(args)
             if args.stream:
                 request = frontend_pb2.GenerateStreamRequest(input=request_input)
-                for message in stub.GenerateStream(request, timeout=args.timeout):
+                for message in stub.GenerateStream(request, timeout=args.timeout, metadata=metadata):
                     sys.stdout.write(message.text)
                     sys.stdout.flush()
                 sys.stdout.write("\n")
             else:
                 response = stub.Generate(
-                    frontend_pb2.GenerateRequest(input=request_input), timeout=args.timeout
+                    frontend_pb2.GenerateRequest(input=request_input), timeout=args.timeout, metadata=metadata
                 )
                 sys.stdout.write(response.completions[0].text + "\n")
     except grpc.RpcError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -55,6 +56,12 @@ def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="INSECURE: run the internal hops without mutual TLS (default: a throw-away CA and "
         "certificates are written to the log dir and every service uses them)",
     )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="API key clients must send (Authorization: Bearer KEY); handed to the frontend in "
+        "INFERMESH_API_KEY, never on its command line",
+    )
     parser.set_defaults(handler=run_up)
 
 
@@ -90,6 +97,7 @@ def run_up(args: argparse.Namespace) -> int:
         frontend_args=[*insecure, *args.frontend_arg],
         log_dir=log_dir,
         tls_dir=None if args.insecure_plaintext else log_dir / "certs",
+        env={**os.environ, "INFERMESH_API_KEY": args.api_key} if args.api_key else None,
     )
     if args.insecure_plaintext:
         print("WARNING: internal hops run without TLS (--insecure-plaintext)", file=sys.stderr, flush=True)

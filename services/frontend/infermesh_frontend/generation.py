@@ -41,6 +41,9 @@ class PreparedRequest:
     timeout_ms: int = 0
     # Replicas the request may be tried on (it moves on only while none has answered yet).
     max_attempts: int = 3
+    # The id the client gave (echoed back to it); the scheduler only ever sees submit.request_id,
+    # which the frontend made unique, so clients cannot collide with or abort each other's.
+    client_request_id: str = ""
 
 
 class Generation:
@@ -111,7 +114,7 @@ class Generation:
                     if delta is None:
                         retry = True
                         break
-                    delta.request_id = self.request_id
+                    delta.request_id = self._request.client_request_id or self.request_id
                     yield delta
             if not retry:
                 return

@@ -21,11 +21,15 @@ from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.generation import Generation, PreparedRequest
 from infermesh_frontend.generation_metrics import GenerationTimer
 from infermesh_frontend.model_info import ModelInfoSource
+from infermesh_frontend.request_bounds import RequestBounds, check_request_bounds
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_tracing import RequestTrace
 from infermesh_frontend.sampling_params import InvalidRequestError, SamplingLimits, resolve_sampling_params
 from infermesh_frontend.scheduler_pool import RequestContext, SchedulerPool
 from infermesh_frontend.tokenizer import FrontendTokenizer
+
+# Prompts shorter than this (characters) are tokenized inline: a thread hop costs more.
+_INLINE_TOKENIZE_CHARS = 4096
 
 
 class RequestRunner:
@@ -41,6 +45,7 @@ class RequestRunner:
         request_timeout_ms: int,
         failover_max_attempts: int = 3,
         metrics: RequestMetrics | None = None,
+        bounds: RequestBounds | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.model_info = model_info
@@ -50,13 +55,17 @@ class RequestRunner:
         self._request_timeout_ms = request_timeout_ms
         self._metrics = metrics
         self._failover_max_attempts = failover_max_attempts
+        self._bounds = bounds or RequestBounds(max_stop_strings=max_stop_strings)
 
     async def prepare(
         self, request_input: frontend_pb2.GenerateInput, request_trace: RequestTrace | None = None
     ) -> PreparedRequest:
         """Validates `request_input` and turns it into a SubmitRequest; raises RequestError."""
         request_trace = request_trace or RequestTrace(stream=False, enabled=False)
-        request_id = request_input.request_id or uuid.uuid4().hex
+        check_request_bounds(request_input, self._bounds)
+        # Unique per frontend request whatever the client calls it (request ids are scoped to
+        # their client); the client's own id is only echoed back.
+        request_id = uuid.uuid4().hex
         prompt_kind = request_input.WhichOneof("prompt")
         if prompt_kind == "text":
             if not request_input.text:
@@ -64,7 +73,7 @@ class RequestRunner:
                     grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty: give non-empty text"
                 )
             with request_trace.tokenize():
-                prompt_ids = self.tokenizer.encode(request_input.text, add_special_tokens=True)
+                prompt_ids = await self._encode(request_input.text)
         elif prompt_kind == "token_ids":
             prompt_ids = list(request_input.token_ids.ids)
         else:
@@ -96,8 +105,20 @@ class RequestRunner:
             client_id=request_input.client_id,
         )
         return PreparedRequest(
-            submit, list(request_input.sampling.stop), context, timeout_ms, self._failover_max_attempts
+            submit,
+            list(request_input.sampling.stop),
+            context,
+            timeout_ms,
+            self._failover_max_attempts,
+            client_request_id=request_input.request_id,
         )
+
+    async def _encode(self, text: str) -> list[int]:
+        # A long prompt takes the tokenizer milliseconds to seconds: off the event loop, so the
+        # streams of other clients keep flowing meanwhile.
+        if len(text) < _INLINE_TOKENIZE_CHARS:
+            return self.tokenizer.encode(text, add_special_tokens=True)
+        return await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens=True)
 
     async def run(
         self,

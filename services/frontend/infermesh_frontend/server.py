@@ -23,8 +23,10 @@ from infermesh_shared.grpc_transport import (
 from infermesh_shared.telemetry.metrics_server import MetricsServer, create_registry, start_metrics_server
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
+from infermesh_frontend.client_auth import AioApiKeyInterceptor, ApiKeyConfigError, ApiKeys
 from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.openai_http.app import OpenAIHttpServer
+from infermesh_frontend.request_bounds import RequestBounds
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_runner import RequestRunner
 from infermesh_frontend.routing.routing_metrics import RoutingMetrics
@@ -71,6 +73,8 @@ class FrontendSettings:
     # ports serve TLS with it too.
     tls: TlsFiles = PLAINTEXT
     client_tls: bool = False
+    api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
+    bounds: RequestBounds = field(default_factory=RequestBounds)
     client_interceptors: list[Any] = field(default_factory=list)
     server_interceptors: list[Any] = field(default_factory=list)
 
@@ -109,6 +113,11 @@ class FrontendSettings:
             tls = internal_tls(cfg, "the frontend")
         except TlsConfigError as error:
             refusals.append(str(error))
+        api_keys = ApiKeys(())
+        try:
+            api_keys = ApiKeys.from_config(cfg)
+        except ApiKeyConfigError as error:
+            refusals.append(str(error))
         if cfg.client_tls and not (tls.cert_file and tls.key_file):
             refusals.append("client_tls needs tls_cert_file and tls_key_file (the frontend's certificate)")
         if refusals:
@@ -138,6 +147,8 @@ class FrontendSettings:
             metrics_port=cfg.metrics_port,
             tls=tls,
             client_tls=cfg.client_tls,
+            api_keys=api_keys,
+            bounds=RequestBounds.from_config(cfg),
         )
 
 
@@ -167,7 +178,14 @@ class FrontendServer:
         self.model_info = ModelInfoSource(self.pool)
         self.metrics = RequestMetrics(self.registry)
         self.metrics_server: MetricsServer | None = None
-        self.server = aio_server(CLIENT_MAX_RECEIVE_BYTES, interceptors=settings.server_interceptors)
+        key_check = [AioApiKeyInterceptor(settings.api_keys)] if settings.api_keys.enabled else []
+        self.server = aio_server(
+            CLIENT_MAX_RECEIVE_BYTES, interceptors=[*key_check, *settings.server_interceptors]
+        )
+        if settings.api_keys.enabled:
+            logger.info("clients need one of %d API keys (Authorization: Bearer)", len(settings.api_keys))
+        else:
+            logger.warning("no api_keys configured: any client that reaches the frontend may use it")
         self.runner = RequestRunner(
             self.tokenizer,
             self.pool,
@@ -177,13 +195,18 @@ class FrontendServer:
             request_timeout_ms=settings.request_timeout_ms,
             failover_max_attempts=settings.failover_max_attempts,
             metrics=self.metrics,
+            bounds=settings.bounds,
         )
         frontend_pb2_grpc.add_FrontendServiceServicer_to_server(FrontendServicer(self.runner), self.server)
         self.http_server: OpenAIHttpServer | None = None
         if settings.http_port:
             ssl_context = settings.tls.server_ssl_context() if settings.client_tls else None
             self.http_server = OpenAIHttpServer(
-                self.runner, settings.host, settings.http_port, ssl_context=ssl_context
+                self.runner,
+                settings.host,
+                settings.http_port,
+                ssl_context=ssl_context,
+                api_keys=settings.api_keys,
             )
         self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = 0

@@ -21,10 +21,12 @@ from infermesh_shared.telemetry import extract_context_from_headers, get_tracer
 from infermesh_shared.telemetry import semconv as sc
 from opentelemetry import trace
 
+from infermesh_frontend.client_auth import ApiKeys
 from infermesh_frontend.completion_collector import CollectedCompletion
 from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.openai_http.api_error import ApiError, invalid
 from infermesh_frontend.openai_http.chat_template import ChatTemplate, ChatTemplateError
+from infermesh_frontend.openai_http.client_auth_middleware import api_key_middleware
 from infermesh_frontend.openai_http.response_shapes import (
     ChatShape,
     CompletionShape,
@@ -226,11 +228,13 @@ class OpenAIHttpServer:
         port: int,
         shutdown_timeout_s: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
+        api_keys: ApiKeys | None = None,
     ) -> None:
         self._host = host
         self._ssl_context = ssl_context
         self._requested_port = port
-        app = web.Application(middlewares=[_errors_as_openai_json])
+        auth = [api_key_middleware(api_keys)] if api_keys is not None and api_keys.enabled else []
+        app = web.Application(middlewares=[*auth, _errors_as_openai_json])
         app.add_routes(OpenAIApi(runner).routes())
         # handler_cancellation: a client that hangs up cancels its handler, aborting its request.
         # shutdown_timeout: on stop, requests still running get this long, then are cancelled (aborted).

@@ -1,0 +1,74 @@
+"""Size bounds checked before any work is done for a request (before tokenizing, before
+anything is allocated or sent to a scheduler), so one client cannot make the frontend spend
+seconds or megabytes on a request that is refused anyway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from infermesh.v1 import frontend_pb2
+
+from infermesh_frontend.request_error import RequestError
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBounds:
+    """The frontend's request-size options."""
+
+    max_n: int = 16
+    max_prompt_bytes: int = 1 << 20
+    max_stop_strings: int = 16
+    max_stop_string_bytes: int = 256
+    max_logprobs: int = 20
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RequestBounds:
+        return cls(
+            max_n=cfg.max_n,
+            max_prompt_bytes=cfg.max_prompt_bytes,
+            max_stop_strings=cfg.max_stop_strings,
+            max_stop_string_bytes=cfg.max_stop_string_bytes,
+            max_logprobs=cfg.max_logprobs,
+        )
+
+
+def _refuse(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def check_request_bounds(request_input: frontend_pb2.GenerateInput, bounds: RequestBounds) -> None:
+    """Raises RequestError(INVALID_ARGUMENT) when the request is larger than the bounds allow."""
+    sampling = request_input.sampling
+    if sampling.HasField("n") and sampling.n > bounds.max_n:
+        raise _refuse(f"n = {sampling.n} is over this frontend's max_n = {bounds.max_n}")
+    if sampling.logprobs > bounds.max_logprobs:
+        raise _refuse(f"logprobs = {sampling.logprobs} is over max_logprobs = {bounds.max_logprobs}")
+    if len(sampling.stop) > bounds.max_stop_strings:
+        raise _refuse(
+            f"too many stop strings: {len(sampling.stop)} given, at most {bounds.max_stop_strings} allowed "
+            "(the frontend's max_stop_strings)"
+        )
+    for position, stop in enumerate(sampling.stop):
+        size = len(stop.encode("utf-8", "surrogatepass"))
+        if size > bounds.max_stop_string_bytes:
+            raise _refuse(
+                f"stop[{position}] is {size} bytes, "
+                f"over max_stop_string_bytes = {bounds.max_stop_string_bytes}"
+            )
+    prompt_kind = request_input.WhichOneof("prompt")
+    if prompt_kind == "text":
+        size = len(request_input.text.encode("utf-8", "surrogatepass"))
+        if size > bounds.max_prompt_bytes:
+            raise _refuse(
+                f"the prompt is {size} bytes, "
+                f"over this frontend's max_prompt_bytes = {bounds.max_prompt_bytes}"
+            )
+    elif prompt_kind == "token_ids":
+        # 4 bytes a token id: the same bound for a prompt given as ids.
+        count = len(request_input.token_ids.ids)
+        if count * 4 > bounds.max_prompt_bytes:
+            raise _refuse(
+                f"the prompt has {count} token ids, over max_prompt_bytes = {bounds.max_prompt_bytes} / 4"
+            )
