@@ -1,10 +1,14 @@
-"""Incremental detokenization: deltas concatenate to the full decode, for any UTF-8 text."""
+"""Incremental detokenization: deltas concatenate to the full decode, for any UTF-8 text.
+
+Every test runs on both implementations: DecodeStream (Rust) and the Python fallback.
+"""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from infermesh_frontend.detokenizer import IncrementalDetokenizer
+from infermesh_frontend.detokenizer import IncrementalDetokenizer, StreamDetokenizer
 
 from tests.frontend.tokenizer_builders import byte_level_tokenizer, sentencepiece_tokenizer
 
@@ -18,8 +22,17 @@ _TEXT = st.text(
 )
 
 
-def _stream(tokenizer, ids: list[int], chunk_sizes: list[int], context: list[int]) -> list[str]:
-    detokenizer = IncrementalDetokenizer(tokenizer.decode, context)
+KINDS = ("decode_stream", "python")
+
+
+def _new(kind: str, tokenizer, context=()):
+    if kind == "decode_stream":
+        return StreamDetokenizer(tokenizer, context, skip_special_tokens=True)
+    return IncrementalDetokenizer(tokenizer.decode, context)
+
+
+def _stream(tokenizer, ids: list[int], chunk_sizes: list[int], context: list[int], kind: str) -> list[str]:
+    detokenizer = _new(kind, tokenizer, context)
     deltas, position, turn = [], 0, 0
     while position < len(ids):
         size = chunk_sizes[turn % len(chunk_sizes)] if chunk_sizes else 1
@@ -35,8 +48,9 @@ def _stream(tokenizer, ids: list[int], chunk_sizes: list[int], context: list[int
 def test_byte_level_deltas_concatenate_to_decode(text: str, chunk_sizes: list[int]) -> None:
     tokenizer = byte_level_tokenizer()
     ids = tokenizer.encode(text).ids
-    deltas = _stream(tokenizer, ids, chunk_sizes, context=[])
-    assert "".join(deltas) == tokenizer.decode(ids)
+    stream, python = (_stream(tokenizer, ids, chunk_sizes, [], kind) for kind in KINDS)
+    assert "".join(stream) == tokenizer.decode(ids)
+    assert stream == python
 
 
 @settings(max_examples=150, deadline=None)
@@ -44,8 +58,9 @@ def test_byte_level_deltas_concatenate_to_decode(text: str, chunk_sizes: list[in
 def test_sentencepiece_deltas_concatenate_to_decode(text: str, chunk_sizes: list[int]) -> None:
     tokenizer = sentencepiece_tokenizer()
     ids = tokenizer.encode(text).ids
-    deltas = _stream(tokenizer, ids, chunk_sizes, context=[])
-    assert "".join(deltas) == tokenizer.decode(ids)
+    stream, python = (_stream(tokenizer, ids, chunk_sizes, [], kind) for kind in KINDS)
+    assert "".join(stream) == tokenizer.decode(ids)
+    assert stream == python
 
 
 @settings(max_examples=100, deadline=None)
@@ -62,33 +77,50 @@ def test_deltas_after_a_prompt_continue_its_text(prompt: str, output: str) -> No
         prompt_text = tokenizer.decode(prompt_ids)
         if prompt_text.endswith("\ufffd"):
             continue
-        deltas = _stream(tokenizer, output_ids, [1], context=prompt_ids)
-        assert prompt_text + "".join(deltas) == tokenizer.decode(all_ids)
+        for kind in KINDS:
+            deltas = _stream(tokenizer, output_ids, [1], prompt_ids, kind)
+            assert prompt_text + "".join(deltas) == tokenizer.decode(all_ids), kind
 
 
-def test_multibyte_character_is_held_until_complete() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_multibyte_character_is_held_until_complete(kind: str) -> None:
     tokenizer = byte_level_tokenizer()
     # One emoji as single-byte tokens: no delta may carry half a character.
     ids = [tokenizer.token_to_id(token) for token in ("ð", "Ł", "Ļ", "Ĥ")]
     assert tokenizer.decode(ids) == "🙂"
-    detokenizer = IncrementalDetokenizer(tokenizer.decode)
+    detokenizer = _new(kind, tokenizer)
     deltas = [detokenizer.add_tokens([token_id]) for token_id in ids]
     assert deltas == ["", "", "", "🙂"]
     assert detokenizer.finish() == ""
 
 
-def test_sentencepiece_spacing_across_tokens() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_sentencepiece_spacing_across_tokens(kind: str) -> None:
     tokenizer = sentencepiece_tokenizer()
     ids = tokenizer.encode("hello world the fox").ids
-    detokenizer = IncrementalDetokenizer(tokenizer.decode)
+    detokenizer = _new(kind, tokenizer)
     deltas = [detokenizer.add_tokens([token_id]) for token_id in ids]
     assert deltas[0] == "hello"
     assert "".join(deltas) + detokenizer.finish() == "hello world the fox"
     assert any(delta.startswith(" ") for delta in deltas[1:])
 
 
-def test_incomplete_character_at_the_end_is_flushed_as_replacement() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_incomplete_character_at_the_end_is_flushed_as_replacement(kind: str) -> None:
     tokenizer = byte_level_tokenizer()
-    detokenizer = IncrementalDetokenizer(tokenizer.decode)
+    detokenizer = _new(kind, tokenizer)
     assert detokenizer.add_tokens([tokenizer.token_to_id("A"), tokenizer.token_to_id("ð")]) == ""
     assert detokenizer.finish() == "A\ufffd"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prompt_ids_ending_inside_a_character_lose_nothing(kind: str) -> None:
+    # A token-id prompt may end halfway through a character; the output completes it. The
+    # output text must not repeat prompt text nor silently drop characters it holds.
+    tokenizer = byte_level_tokenizer()
+    ids = [tokenizer.token_to_id(token) for token in ("A", "ð", "Ł", "Ļ", "Ĥ", "B")]  # "A🙂B"
+    prompt, output = ids[:2], ids[2:]
+    deltas = _stream(tokenizer, output, [1], prompt, kind)
+    # The emoji's three orphan bytes show as the decoder shows them alone (U+FFFD each), then "B".
+    assert "".join(deltas) == tokenizer.decode(output) == "\ufffd" * 3 + "B"
+    assert deltas == _stream(tokenizer, output, [1], prompt, "python")

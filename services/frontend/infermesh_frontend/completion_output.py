@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from infermesh.v1 import common_pb2
 
-from infermesh_frontend.detokenizer import IncrementalDetokenizer
+from infermesh_frontend.detokenizer import Detokenizer
 from infermesh_frontend.stop_strings import StopStringMatcher
 
 
@@ -33,12 +33,12 @@ class CompletionOutput:
     def __init__(
         self,
         index: int,
-        decode: Callable[[list[int]], str],
+        new_detokenizer: Callable[[Sequence[int]], Detokenizer],
         prompt_token_ids: Sequence[int],
         stop_strings: Sequence[str],
     ) -> None:
         self.index = index
-        self._detokenizer = IncrementalDetokenizer(decode, prompt_token_ids)
+        self._detokenizer = new_detokenizer(prompt_token_ids)
         self._stops = StopStringMatcher(stop_strings)
         self.text_parts: list[str] = []
         self.token_ids: list[int] = []

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -14,6 +14,7 @@ from infermesh.v1 import common_pb2, scheduler_pb2
 from infermesh_shared.telemetry import activate_span
 
 from infermesh_frontend.completion_output import CompletionDelta, CompletionOutput
+from infermesh_frontend.detokenizer import Detokenizer
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_tracing import RequestTrace
 from infermesh_frontend.scheduler_pool import (
@@ -58,7 +59,7 @@ class Generation:
         self,
         pool: SchedulerPool,
         request: PreparedRequest,
-        decode: Callable[[list[int]], str],
+        new_detokenizer: Callable[[Sequence[int]], Detokenizer],
         request_trace: RequestTrace | None = None,
     ) -> None:
         self._pool = pool
@@ -66,7 +67,7 @@ class Generation:
         self._trace = request_trace or RequestTrace(stream=False, enabled=False)
         prompt = list(request.submit.prompt_token_ids)
         self.outputs = [
-            CompletionOutput(index, decode, prompt, request.stop_strings)
+            CompletionOutput(index, new_detokenizer, prompt, request.stop_strings)
             for index in range(request.submit.sampling.n)
         ]
         self.scheduler_usage: common_pb2.Usage | None = None

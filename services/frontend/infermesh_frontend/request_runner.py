@@ -142,7 +142,7 @@ class RequestRunner:
                 else scheduler_pb2.GEN_AI_OPERATION_TEXT_COMPLETION
             )
             request_trace.prepared(prepared.submit)
-            generation = Generation(self._pool, prepared, self.tokenizer.decode, request_trace)
+            generation = Generation(self._pool, prepared, self.tokenizer.detokenizer, request_trace)
             async with contextlib.aclosing(generation.stream()) as deltas:
                 async for delta in deltas:
                     timer.tokens_arrived(len(delta.token_ids))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
+
+from infermesh_frontend.detokenizer import Detokenizer, new_detokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +124,10 @@ class FrontendTokenizer:
         if self.settings.add_eos_token and self.eos_token_id is not None:
             ids = [*ids, self.eos_token_id]
         return ids
+
+    def detokenizer(self, context_ids: Sequence[int], skip_special_tokens: bool = True) -> Detokenizer:
+        """A fresh incremental detokenizer for one completion that follows `context_ids`."""
+        return new_detokenizer(self.tokenizer, context_ids, skip_special_tokens)
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         """Text of `token_ids`; incomplete UTF-8 sequences come out as U+FFFD."""
