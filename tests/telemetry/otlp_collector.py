@@ -1,4 +1,4 @@
-"""A real OTLP/gRPC trace receiver for tests: spans land in memory, grouped by trace.
+"""A real OTLP/gRPC trace (and metrics) receiver for tests: spans land in memory, grouped by trace.
 
 Services under test export to `collector.endpoint` with `tracing_exporter: otlp_grpc`; tests
 wait for the spans they expect and check parent/child links and attributes.
@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 
@@ -120,6 +121,49 @@ def _collected_spans(request: trace_service_pb2.ExportTraceServiceRequest) -> li
     return received
 
 
+@dataclass(slots=True)
+class CollectedHistogramPoint:
+    """One histogram data point of an OTLP metric export."""
+
+    service_name: str
+    metric_name: str
+    unit: str
+    attributes: dict[str, Any]
+    count: int
+    sum: float
+
+
+def _collected_points(
+    request: metrics_service_pb2.ExportMetricsServiceRequest,
+) -> list[CollectedHistogramPoint]:
+    points = []
+    for resource_metrics in request.resource_metrics:
+        resource = _attributes(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                for point in metric.histogram.data_points:
+                    points.append(
+                        CollectedHistogramPoint(
+                            resource.get("service.name", ""),
+                            metric.name,
+                            metric.unit,
+                            _attributes(point.attributes),
+                            point.count,
+                            point.sum,
+                        )
+                    )
+    return points
+
+
+class _MetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, sink: Callable[[list[CollectedHistogramPoint]], None]) -> None:
+        self._sink = sink
+
+    def Export(self, request, context):  # noqa: N802 - gRPC method name
+        self._sink(_collected_points(request))
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
 class _TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, sink: Callable[[list[CollectedSpan]], None]) -> None:
         self._sink = sink
@@ -161,6 +205,11 @@ class OtlpCollector:
         self._cond = threading.Condition()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceReceiver(self._add), self._server)
+        # Histogram points as exported (cumulative: the latest point per series holds the totals).
+        self.histogram_points: list[CollectedHistogramPoint] = []
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+            _MetricsReceiver(self._add_points), self._server
+        )
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _http_handler(self._add))
@@ -181,6 +230,25 @@ class OtlpCollector:
         with self._cond:
             self._spans.extend(spans)
             self._cond.notify_all()
+
+    def _add_points(self, points: list[CollectedHistogramPoint]) -> None:
+        with self._cond:
+            self.histogram_points.extend(points)
+            self._cond.notify_all()
+
+    def wait_for_points(
+        self, predicate: Callable[[list[CollectedHistogramPoint]], bool], timeout_s: float = 30.0
+    ) -> list[CollectedHistogramPoint]:
+        """Every histogram point so far, once `predicate(points)` holds; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not predicate(self.histogram_points):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    names = sorted({(p.service_name, p.metric_name) for p in self.histogram_points})
+                    raise TimeoutError(f"metric points never matched within {timeout_s}s; have {names}")
+                self._cond.wait(remaining)
+            return list(self.histogram_points)
 
     def spans(self) -> list[CollectedSpan]:
         with self._cond:

@@ -8,6 +8,7 @@ services.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -58,6 +59,9 @@ def traced_cluster(tmp_path_factory) -> Iterator[TracedCluster]:
         ]  # fmt: skip
 
     cluster = None
+    # The frontend's OTel GenAI metrics: exported every second instead of every 10 s.
+    saved_interval = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL")
+    os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "1000"
     try:
         cluster = start_cluster(
             model_dir,
@@ -68,6 +72,10 @@ def traced_cluster(tmp_path_factory) -> Iterator[TracedCluster]:
         )
         yield TracedCluster(cluster, collector, *(f"http://127.0.0.1:{p}/metrics" for p in ports))
     finally:
+        if saved_interval is None:
+            os.environ.pop("OTEL_METRIC_EXPORT_INTERVAL", None)
+        else:
+            os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = saved_interval
         if cluster is not None:
             cluster.stop()
         collector.stop()
@@ -199,6 +207,29 @@ def test_client_traceparent_is_continued_through_every_service(traced_cluster: T
     assert server_span.parent_span_id == parent_id
     assert _one(tree, sc.SPAN_FRONTEND_REQUEST).attributes[sc.GEN_AI_REQUEST_STREAM] is True
     assert _one(tree, sc.SPAN_SCHEDULER_REQUEST).attributes[sc.REQUEST_ID] == "client-traced"
+
+
+def test_frontend_exports_the_otel_genai_server_metrics(traced_cluster: TracedCluster) -> None:
+    _generate(traced_cluster, "genai-metrics", max_tokens=4)
+    model = traced_cluster.cluster.spec.model_path.name
+    names = (
+        "gen_ai.server.time_to_first_token",
+        "gen_ai.server.time_per_output_token",
+        "gen_ai.server.request.duration",
+    )
+
+    def recorded(points) -> bool:
+        return all(any(p.metric_name == name and p.count > 0 for p in points) for name in names)
+
+    points = traced_cluster.collector.wait_for_points(recorded, timeout_s=30)
+    for name in names:
+        point = next(p for p in reversed(points) if p.metric_name == name)
+        assert (point.service_name, point.unit) == (FRONTEND, "s")
+        assert point.attributes[sc.GEN_AI_REQUEST_MODEL] == model
+        assert point.attributes[sc.GEN_AI_OPERATION_NAME] == sc.OPERATION_TEXT_COMPLETION
+        assert point.sum > 0
+    # Only the frontend records them: the scheduler would count every request a second time.
+    assert {p.service_name for p in points if p.metric_name in names} == {FRONTEND}
 
 
 def test_workers_never_start_a_trace(traced_cluster: TracedCluster) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from infermesh_shared.config import load_config
 from infermesh_shared.grpc_transport import EXIT_PORT_IN_USE, PortInUseError
+from infermesh_shared.telemetry.genai_metrics import start_genai_metrics, stop_genai_metrics
 from infermesh_shared.telemetry.grpc_aio_interceptors import aio_client_interceptors, aio_server_interceptors
 from infermesh_shared.telemetry.structured_logging import configure_service_logging
 from infermesh_shared.telemetry.tracing import init_tracing, shutdown_tracing
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         endpoint=cfg.otlp_endpoint,
         sample_ratio=cfg.tracing_sample_ratio,
     )
+    start_genai_metrics(cfg.service_name, cfg.tracing_exporter, cfg.otlp_endpoint)
     try:
         settings = FrontendSettings.from_config(cfg)
         settings.client_interceptors = aio_client_interceptors()
@@ -61,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"Error: Configuration validation failed\n  Caused by: {error}\n")
         return EXIT_BAD_CONFIG
     finally:
+        stop_genai_metrics()
         shutdown_tracing()
     return 0
 

@@ -57,6 +57,10 @@ class RequestRunner:
         self._failover_max_attempts = failover_max_attempts
         self._bounds = bounds or RequestBounds(max_stop_strings=max_stop_strings)
 
+    def _served_model_name(self) -> str:
+        cached = self.model_info.cached
+        return cached.model_name if cached is not None else ""
+
     async def prepare(
         self, request_input: frontend_pb2.GenerateInput, request_trace: RequestTrace | None = None
     ) -> PreparedRequest:
@@ -132,7 +136,7 @@ class RequestRunner:
         current at the first iteration. Closing the iterator early (the client went away) aborts
         the request at the scheduler.
         """
-        timer = GenerationTimer(self._metrics)
+        timer = GenerationTimer(self._metrics, operation, self._served_model_name)
         request_trace = RequestTrace(stream, operation=operation)
         try:
             prepared = await self.prepare(request_input, request_trace)
