@@ -5,6 +5,7 @@ the streams of others."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +30,8 @@ KEY_A = "sk-tenant-a-0123456789"
 KEY_B = "sk-tenant-b-9876543210"
 MAX_PROMPT_BYTES = 65536
 MODEL = "infermesh-demo-llama-v1"
+HEADER_TIMEOUT_MS = 5000
+HALF_OPEN = 5000
 
 
 def _auth(key: str) -> tuple[tuple[str, str], ...]:
@@ -42,6 +45,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
         f"--frontend-arg=--api-keys={KEY_B}",
         f"--frontend-arg=--http-port={free_port()}",
         f"--frontend-arg=--max-prompt-bytes={MAX_PROMPT_BYTES}",
+        f"--frontend-arg=--http-header-timeout-ms={HEADER_TIMEOUT_MS}",
+        "--frontend-arg=--http-max-connections=8192",
     )  # fmt: skip
     with up_cluster(tmp_path_factory.mktemp("auth-up"), *args) as running:
         yield running
@@ -218,3 +223,71 @@ def test_oversized_requests_are_refused_before_work_without_stalling_a_stream(cl
     assert all(status == 400 and kind == "invalid_request_error" for status, kind in http_codes.values())
     assert during <= 3 * before
     assert rss_after - rss_before < 8 * 1024
+
+
+def test_half_open_connections_do_not_starve_other_clients(cluster: UpCluster) -> None:
+    log = cluster.log_dir / "frontend-0.log"
+    log_before = log.stat().st_size
+    host, port = cluster.announced("frontend-0", "frontend http").rsplit(":", 1)
+    sockets = []
+    try:
+        for _ in range(HALF_OPEN):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le")
+            sockets.append(sock)
+        opened = time.monotonic()
+        # Served meanwhile: a gRPC client and a normal HTTP client.
+        tokens = cluster.greedy("Still served", 4, metadata=_auth(KEY_A))
+        status, _ = _get(f"{_http_base(cluster)}/models", KEY_A)
+        served_after_s = time.monotonic() - opened
+        assert len(tokens) == 4 and status == 200
+        # Every half-open connection is closed by the frontend after the header timeout.
+        closed = 0
+        deadline = opened + HEADER_TIMEOUT_MS / 1000 * 3 + 30
+        for sock in sockets:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                if sock.recv(1) == b"":
+                    closed += 1
+            except (TimeoutError, ConnectionResetError):
+                closed += isinstance(sys.exc_info()[1], ConnectionResetError)
+        closed_after_s = time.monotonic() - opened
+    finally:
+        for sock in sockets:
+            sock.close()
+    log_growth = log.stat().st_size - log_before
+    print(
+        f"{HALF_OPEN} half-open connections: gRPC and HTTP served {served_after_s:.1f}s after opening them, "
+        f"{closed} closed by the frontend within {closed_after_s:.1f}s "
+        f"(header timeout {HEADER_TIMEOUT_MS} ms), "
+        f"frontend log grew {log_growth} bytes"
+    )
+    assert closed == HALF_OPEN
+    assert log_growth < 8 * 1024
+
+
+def _get(url: str, key: str) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=60) as page:
+        return page.status, page.read().decode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "m", "prompt": "\\ud800 lone"}',
+        b'{"model": "m", "prompt": "x", "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+    ids=["lone-surrogate", "deeply-nested"],
+)
+def test_hostile_json_gets_a_400_in_the_openai_shape(cluster: UpCluster, raw: bytes) -> None:
+    request = urllib.request.Request(
+        f"{_http_base(cluster)}/completions",
+        data=raw,
+        headers={"Authorization": f"Bearer {KEY_A}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    body = json.loads(refused.value.read())
+    assert refused.value.code == 400, body
+    assert body["error"]["type"] == "invalid_request_error"

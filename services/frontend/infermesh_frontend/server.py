@@ -26,6 +26,7 @@ from infermesh_shared.telemetry.request_metrics import RequestMetrics
 from infermesh_frontend.client_auth import AioApiKeyInterceptor, ApiKeyConfigError, ApiKeys
 from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.openai_http.app import OpenAIHttpServer
+from infermesh_frontend.openai_http.connection_guard import HttpLimits
 from infermesh_frontend.request_bounds import RequestBounds
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_runner import RequestRunner
@@ -75,6 +76,7 @@ class FrontendSettings:
     client_tls: bool = False
     api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
     bounds: RequestBounds = field(default_factory=RequestBounds)
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     client_interceptors: list[Any] = field(default_factory=list)
     server_interceptors: list[Any] = field(default_factory=list)
 
@@ -149,6 +151,13 @@ class FrontendSettings:
             client_tls=cfg.client_tls,
             api_keys=api_keys,
             bounds=RequestBounds.from_config(cfg),
+            http_limits=HttpLimits(
+                max_connections=cfg.http_max_connections,
+                header_timeout_s=cfg.http_header_timeout_ms / 1000,
+                body_timeout_s=cfg.http_body_timeout_ms / 1000,
+                keepalive_timeout_s=cfg.http_keepalive_timeout_ms / 1000,
+                max_body_bytes=cfg.http_max_body_bytes,
+            ),
         )
 
 
@@ -207,6 +216,7 @@ class FrontendServer:
                 settings.http_port,
                 ssl_context=ssl_context,
                 api_keys=settings.api_keys,
+                limits=settings.http_limits,
             )
         self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = 0

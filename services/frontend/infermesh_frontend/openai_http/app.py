@@ -7,6 +7,7 @@ which closes the runner's stream and so aborts the request at the scheduler.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -27,6 +28,12 @@ from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.openai_http.api_error import ApiError, invalid
 from infermesh_frontend.openai_http.chat_template import ChatTemplate, ChatTemplateError
 from infermesh_frontend.openai_http.client_auth_middleware import api_key_middleware
+from infermesh_frontend.openai_http.connection_guard import (
+    ConnectionGuard,
+    HttpLimits,
+    body_guard_middleware,
+    throttle_accept_errors,
+)
 from infermesh_frontend.openai_http.response_shapes import (
     ChatShape,
     CompletionShape,
@@ -229,37 +236,54 @@ class OpenAIHttpServer:
         shutdown_timeout_s: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
         api_keys: ApiKeys | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self._host = host
+        self._limits = limits or HttpLimits()
+        self._listener: asyncio.base_events.Server | None = None
         self._ssl_context = ssl_context
         self._requested_port = port
         auth = [api_key_middleware(api_keys)] if api_keys is not None and api_keys.enabled else []
-        app = web.Application(middlewares=[*auth, _errors_as_openai_json])
+        app = web.Application(
+            middlewares=[*auth, body_guard_middleware(self._limits), _errors_as_openai_json],
+            client_max_size=self._limits.max_body_bytes,
+        )
         app.add_routes(OpenAIApi(runner).routes())
         # handler_cancellation: a client that hangs up cancels its handler, aborting its request.
         # shutdown_timeout: on stop, requests still running get this long, then are cancelled (aborted).
         self._app_runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout_s
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=shutdown_timeout_s,
+            keepalive_timeout=self._limits.keepalive_timeout_s,
         )
         self.port = 0
 
     async def start(self) -> int:
         """Starts serving; returns the bound port."""
         await self._app_runner.setup()
-        site = web.TCPSite(
-            self._app_runner,
-            self._host,
-            self._requested_port,
-            reuse_port=False,
-            ssl_context=self._ssl_context,
-        )
+        loop = asyncio.get_running_loop()
+        throttle_accept_errors(loop)
+        # Our own listener (not a TCPSite): every connection passes the guard first.
+        guard = ConnectionGuard(self._app_runner.server, self._limits)
         try:
-            await site.start()
+            self._listener = await loop.create_server(
+                guard,
+                self._host,
+                self._requested_port,
+                ssl=self._ssl_context,
+                reuse_address=True,
+                reuse_port=False,
+                backlog=min(self._limits.max_connections, 4096),
+            )
         except OSError:
             await self._app_runner.cleanup()
             raise PortInUseError(f"{self._host}:{self._requested_port}", "http_port") from None
-        self.port = self._app_runner.addresses[0][1]
+        self.port = self._listener.sockets[0].getsockname()[1]
         return self.port
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         await self._app_runner.cleanup()
