@@ -11,6 +11,8 @@ import json
 import os
 import secrets
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -44,6 +46,7 @@ class TracedCluster:
     frontend_metrics: str
     scheduler_metrics: str
     worker_metrics: str
+    http_url: str
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,7 @@ def traced_cluster(tmp_path_factory) -> Iterator[TracedCluster]:
     collector = OtlpCollector()
     model_dir = build_served_model("llama", tmp_path_factory.mktemp("traced-model"))
     ports = [free_port() for _ in range(3)]
+    http_port = free_port()
 
     def observability(port: int) -> list[str]:
         return [
@@ -68,9 +72,14 @@ def traced_cluster(tmp_path_factory) -> Iterator[TracedCluster]:
             tmp_path_factory.mktemp("traced-logs"),
             scheduler_args=["--dtype", "fp32", "--total-blocks", "256", *observability(ports[1])],
             worker_args=observability(ports[2]),
-            frontend_args=observability(ports[0]),
+            frontend_args=[*observability(ports[0]), "--http-port", str(http_port)],
         )
-        yield TracedCluster(cluster, collector, *(f"http://127.0.0.1:{p}/metrics" for p in ports))
+        yield TracedCluster(
+            cluster,
+            collector,
+            *(f"http://127.0.0.1:{p}/metrics" for p in ports),
+            f"http://127.0.0.1:{http_port}",
+        )
     finally:
         if saved_interval is None:
             os.environ.pop("OTEL_METRIC_EXPORT_INTERVAL", None)
@@ -97,7 +106,7 @@ def _request_trace(collector: OtlpCollector, request_id: str, min_worker_spans: 
         front = [
             s
             for s in spans
-            if s.name == sc.SPAN_FRONTEND_REQUEST and s.attributes.get(sc.REQUEST_ID) == request_id
+            if s.name == sc.SPAN_FRONTEND_REQUEST and s.attributes.get(sc.CLIENT_REQUEST_ID) == request_id
         ]
         if not front:
             return False
@@ -112,7 +121,7 @@ def _request_trace(collector: OtlpCollector, request_id: str, min_worker_spans: 
     front = next(
         s
         for s in spans
-        if s.name == sc.SPAN_FRONTEND_REQUEST and s.attributes.get(sc.REQUEST_ID) == request_id
+        if s.name == sc.SPAN_FRONTEND_REQUEST and s.attributes.get(sc.CLIENT_REQUEST_ID) == request_id
     )
     return collector.tree(front.trace_id)
 
@@ -152,7 +161,9 @@ def test_one_generate_is_one_trace_across_all_services(traced_cluster: TracedClu
     assert (submit.service_name, tree.parent_of(submit)) == (SCHEDULER, stream)
     request = _one(tree, sc.SPAN_SCHEDULER_REQUEST)
     assert tree.parent_of(request) is submit
-    assert request.attributes[sc.REQUEST_ID] == "trace-me"
+    # The scheduler knows the request by the frontend-made id, the client's id stays at the frontend.
+    assert request.attributes[sc.REQUEST_ID] == front.attributes[sc.REQUEST_ID] != "trace-me"
+    assert front.attributes[sc.CLIENT_REQUEST_ID] == front.attributes[sc.GEN_AI_RESPONSE_ID] == "trace-me"
     assert request.attributes[sc.PROMPT_TOKENS] == response.usage.prompt_tokens
     assert request.attributes[sc.OUTPUT_TOKENS] == max_tokens
     # Usage on one span per request, so UIs summing it over the trace count it once.
@@ -206,7 +217,11 @@ def test_client_traceparent_is_continued_through_every_service(traced_cluster: T
     server_span = _one(tree, "infermesh.v1.FrontendService/GenerateStream")
     assert server_span.parent_span_id == parent_id
     assert _one(tree, sc.SPAN_FRONTEND_REQUEST).attributes[sc.GEN_AI_REQUEST_STREAM] is True
-    assert _one(tree, sc.SPAN_SCHEDULER_REQUEST).attributes[sc.REQUEST_ID] == "client-traced"
+    assert _one(tree, sc.SPAN_FRONTEND_REQUEST).attributes[sc.CLIENT_REQUEST_ID] == "client-traced"
+    assert (
+        _one(tree, sc.SPAN_SCHEDULER_REQUEST).attributes[sc.REQUEST_ID]
+        == (_one(tree, sc.SPAN_FRONTEND_REQUEST).attributes[sc.REQUEST_ID])
+    )
 
 
 def test_frontend_exports_the_otel_genai_server_metrics(traced_cluster: TracedCluster) -> None:
@@ -230,6 +245,63 @@ def test_frontend_exports_the_otel_genai_server_metrics(traced_cluster: TracedCl
         assert point.sum > 0
     # Only the frontend records them: the scheduler would count every request a second time.
     assert {p.service_name for p in points if p.metric_name in names} == {FRONTEND}
+
+
+def _post(url: str, body: dict, traceparent: str) -> int:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "traceparent": traceparent},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_http_chat_and_client_error_spans(traced_cluster: TracedCluster) -> None:
+    collector = traced_cluster.collector
+    model = traced_cluster.cluster.spec.model_path.name
+    chat_trace, wrong_trace = secrets.token_hex(16), secrets.token_hex(16)
+    chat = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    url = f"{traced_cluster.http_url}/v1/chat/completions"
+    assert _post(url, chat, f"00-{chat_trace}-{secrets.token_hex(8)}-01") == 200
+    assert (
+        _post(url, {**chat, "model": "no-such-model"}, f"00-{wrong_trace}-{secrets.token_hex(8)}-01") == 404
+    )
+
+    collector.wait_for(
+        lambda spans: (
+            any(s.trace_id == chat_trace and s.name == sc.SPAN_SCHEDULER_REQUEST for s in spans)
+            and any(s.trace_id == wrong_trace for s in spans)
+        ),
+        timeout_s=30,
+    )
+    tree = collector.tree(chat_trace)
+    server = _one(tree, "POST /v1/chat/completions")
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.attributes["http.route"] == "/v1/chat/completions"
+    # The messages are rendered and tokenized before the request span exists: under the HTTP span.
+    assert tree.parent_of(_one(tree, sc.SPAN_TOKENIZE)) is server
+    for name in (sc.SPAN_FRONTEND_REQUEST, sc.SPAN_SCHEDULER_REQUEST):
+        assert _one(tree, name).attributes[sc.GEN_AI_OPERATION_NAME] == sc.OPERATION_CHAT, name
+
+    (refused,) = collector.tree(wrong_trace).spans
+    assert refused.attributes["http.response.status_code"] == 404
+    assert refused.status_code == 0, "a client error is not a server error"
+    assert "exception" not in refused.event_names()
+
+
+def test_api_port_serves_the_frontends_metrics(traced_cluster: TracedCluster) -> None:
+    model = traced_cluster.cluster.spec.model_path.name
+    _generate(traced_cluster, "metrics-on-api-port", max_tokens=2)
+    on_api_port = scrape_service(f"{traced_cluster.http_url}/metrics", "frontend", model)
+    on_metrics_port = scrape_service(traced_cluster.frontend_metrics, "frontend", model)
+    key = ("infermesh_requests_total", (("status", "ok"),))
+    assert on_api_port[key] >= 1
+    assert set(on_api_port) == set(on_metrics_port)
 
 
 def test_workers_never_start_a_trace(traced_cluster: TracedCluster) -> None:

@@ -145,7 +145,7 @@ class RequestRunner:
                 if operation == sc.OPERATION_CHAT
                 else scheduler_pb2.GEN_AI_OPERATION_TEXT_COMPLETION
             )
-            request_trace.prepared(prepared.submit)
+            request_trace.prepared(prepared.submit, prepared.client_request_id)
             generation = Generation(self._pool, prepared, self.tokenizer.detokenizer, request_trace)
             async with contextlib.aclosing(generation.stream()) as deltas:
                 async for delta in deltas:

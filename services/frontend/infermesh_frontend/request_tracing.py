@@ -85,15 +85,16 @@ class RequestTrace:
                 {sc.GEN_AI_REQUEST_MODEL: model_name, sc.GEN_AI_RESPONSE_MODEL: model_name}
             )
 
-    def prepared(self, submit: scheduler_pb2.SubmitRequest) -> None:
-        """Records the validated request on the span."""
+    def prepared(self, submit: scheduler_pb2.SubmitRequest, client_request_id: str = "") -> None:
+        """Records the validated request on the span; `client_request_id` is the client's own id."""
         span = self.span
         if span is None:
             return
         sampling = submit.sampling
         attributes: dict[str, object] = {
             sc.REQUEST_ID: submit.request_id,
-            sc.GEN_AI_RESPONSE_ID: submit.request_id,
+            # What the client's answers carry as their id.
+            sc.GEN_AI_RESPONSE_ID: client_request_id or submit.request_id,
             sc.GEN_AI_REQUEST_MAX_TOKENS: sampling.max_tokens,
             sc.GEN_AI_REQUEST_TEMPERATURE: sampling.temperature,
             sc.GEN_AI_REQUEST_TOP_P: sampling.top_p,
@@ -103,6 +104,8 @@ class RequestTrace:
         }
         if submit.HasField("priority"):
             attributes[sc.REQUEST_PRIORITY] = submit.priority
+        if client_request_id:
+            attributes[sc.CLIENT_REQUEST_ID] = client_request_id
         span.set_attributes(attributes)
 
     def start_stream(self, scheduler_address: str) -> Span | None:
@@ -185,6 +188,17 @@ class RequestTrace:
             if code in _SERVER_ERROR_CODES:
                 span.set_status(StatusCode.ERROR, message or code.name)
         span.end()
+
+
+@contextlib.contextmanager
+def tokenize_span() -> Iterator[None]:
+    """A tokenize span under the current span, for prompts tokenized before the request span
+    exists (the HTTP chat path renders and tokenizes messages before it runs the request)."""
+    if not tracing_enabled():
+        yield
+        return
+    with get_tracer("infermesh.frontend").start_as_current_span(sc.SPAN_TOKENIZE):
+        yield
 
 
 def status_of_exit(error: BaseException | None) -> grpc.StatusCode:

@@ -217,6 +217,7 @@ class FrontendServer:
                 ssl_context=ssl_context,
                 api_keys=settings.api_keys,
                 limits=settings.http_limits,
+                registry=self.registry,
             )
         self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = 0

@@ -47,6 +47,8 @@ RPC_GRPC_STATUS_CODE: Final = "rpc.grpc.status_code"
 
 # --- infermesh: request life (frontend and scheduler) -----------------------------------------
 REQUEST_ID: Final = "infermesh.request.id"
+# The id the client gave (echoed in its answers); REQUEST_ID is the frontend-made unique one.
+CLIENT_REQUEST_ID: Final = "infermesh.request.client_request_id"
 REQUEST_PRIORITY: Final = "infermesh.request.priority"
 REQUEST_PRIORITY_CLASS: Final = "infermesh.request.priority_class"
 REQUEST_CLIENT_ID: Final = "infermesh.request.client_id"

@@ -18,9 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from infermesh_shared.grpc_transport import PortInUseError
-from infermesh_shared.telemetry import extract_context_from_headers, get_tracer
 from infermesh_shared.telemetry import semconv as sc
-from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 
 from infermesh_frontend.client_auth import ApiKeys
 from infermesh_frontend.completion_collector import CollectedCompletion
@@ -34,6 +33,8 @@ from infermesh_frontend.openai_http.connection_guard import (
     body_guard_middleware,
     throttle_accept_errors,
 )
+from infermesh_frontend.openai_http.http_tracing import trace_http_requests
+from infermesh_frontend.openai_http.metrics_route import metrics_routes
 from infermesh_frontend.openai_http.response_shapes import (
     ChatShape,
     CompletionShape,
@@ -42,6 +43,7 @@ from infermesh_frontend.openai_http.response_shapes import (
 from infermesh_frontend.openai_http.schemas import ParsedRequest, parse_chat_request, parse_completion_request
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_runner import RequestRunner
+from infermesh_frontend.request_tracing import tokenize_span
 
 logger = logging.getLogger(__name__)
 
@@ -89,39 +91,37 @@ class OpenAIApi:
         ]
 
     async def models(self, request: web.Request) -> web.Response:
-        with _server_span(request):
-            model = await self._runner.model_info.get()
-            entry = {
-                "id": model.model_name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "infermesh",
-                "max_model_len": model.max_model_len,
-            }
-            return web.json_response({"object": "list", "data": [entry]})
+        model = await self._runner.model_info.get()
+        entry = {
+            "id": model.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "infermesh",
+            "max_model_len": model.max_model_len,
+        }
+        return web.json_response({"object": "list", "data": [entry]})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        with _server_span(request):
-            parsed = parse_completion_request(await _json_body(request))
-            shape = CompletionShape(*await self._envelope(parsed, "cmpl"), self._token_text)
-            return await self._answer(request, parsed, shape)
+        parsed = parse_completion_request(await _json_body(request))
+        shape = CompletionShape(*await self._envelope(parsed, "cmpl"), self._token_text)
+        return await self._answer(request, parsed, shape)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        with _server_span(request):
-            parsed = parse_chat_request(await _json_body(request))
-            shape = ChatShape(*await self._envelope(parsed, "chatcmpl"), self._token_text)
-            if self._chat_template is None:
-                raise invalid(
-                    f"chat completions are not available: {self._chat_template_error}; use /v1/completions"
-                )
-            try:
-                prompt = self._chat_template.render(parsed.messages, add_generation_prompt=True)
-            except ChatTemplateError as error:
-                raise invalid(str(error), "messages") from error
-            # As transformers' apply_chat_template: the template already placed the special tokens.
+        parsed = parse_chat_request(await _json_body(request))
+        shape = ChatShape(*await self._envelope(parsed, "chatcmpl"), self._token_text)
+        if self._chat_template is None:
+            raise invalid(
+                f"chat completions are not available: {self._chat_template_error}; use /v1/completions"
+            )
+        try:
+            prompt = self._chat_template.render(parsed.messages, add_generation_prompt=True)
+        except ChatTemplateError as error:
+            raise invalid(str(error), "messages") from error
+        # As transformers' apply_chat_template: the template already placed the special tokens.
+        with tokenize_span():
             ids = self._runner.tokenizer.encode(prompt, add_special_tokens=False)
-            parsed.generate_input.token_ids.ids.extend(ids)
-            return await self._answer(request, parsed, shape)
+        parsed.generate_input.token_ids.ids.extend(ids)
+        return await self._answer(request, parsed, shape)
 
     async def _envelope(self, parsed: ParsedRequest, prefix: str) -> tuple[str, int, str]:
         """(response id, created, model) after checking the model is the one served."""
@@ -210,21 +210,6 @@ async def _json_body(request: web.Request) -> object:
         raise invalid(f"the request body is not valid JSON: {error}") from error
 
 
-@contextlib.contextmanager
-def _server_span(request: web.Request):
-    """A server span for the HTTP request, continuing the client's traceparent; the generation's
-    request span (RequestTrace) becomes its child."""
-    parent = extract_context_from_headers(request.headers)
-    tracer = get_tracer("infermesh.frontend.http")
-    with tracer.start_as_current_span(
-        f"{request.method} {request.path}",
-        context=parent,
-        kind=trace.SpanKind.SERVER,
-        attributes={"http.request.method": request.method, "url.path": request.path},
-    ):
-        yield
-
-
 class OpenAIHttpServer:
     """Binds the OpenAI API on host:port (0 picks a free port) on the running event loop."""
 
@@ -237,6 +222,7 @@ class OpenAIHttpServer:
         ssl_context: ssl.SSLContext | None = None,
         api_keys: ApiKeys | None = None,
         limits: HttpLimits | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._host = host
         self._limits = limits or HttpLimits()
@@ -245,10 +231,17 @@ class OpenAIHttpServer:
         self._requested_port = port
         auth = [api_key_middleware(api_keys)] if api_keys is not None and api_keys.enabled else []
         app = web.Application(
-            middlewares=[*auth, body_guard_middleware(self._limits), _errors_as_openai_json],
+            middlewares=[
+                trace_http_requests,
+                *auth,
+                body_guard_middleware(self._limits),
+                _errors_as_openai_json,
+            ],
             client_max_size=self._limits.max_body_bytes,
         )
         app.add_routes(OpenAIApi(runner).routes())
+        if registry is not None:
+            app.add_routes(metrics_routes(registry))
         # handler_cancellation: a client that hangs up cancels its handler, aborting its request.
         # shutdown_timeout: on stop, requests still running get this long, then are cancelled (aborted).
         self._app_runner = web.AppRunner(
