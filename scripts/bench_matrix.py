@@ -103,7 +103,15 @@ def _run_setup(args: argparse.Namespace, name: str, model: Path, log_dir: Path, 
         log_dir=log_dir,
         env=env,
     )
-    command = [sys.executable, "-m", "infermesh_cli", "bench", "--concurrency", str(args.concurrency)]
+    command = [
+        sys.executable,
+        "-m",
+        "infermesh_cli",
+        "bench",
+        "--disable-tqdm",
+        "--concurrency",
+        str(args.concurrency),
+    ]
     if args.workload:
         command += ["--workload", args.workload]
     else:
