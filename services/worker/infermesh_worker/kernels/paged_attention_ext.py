@@ -8,6 +8,7 @@ so a worker's first start does not pay the compile.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import sys
@@ -22,6 +23,7 @@ SOURCE = Path(__file__).with_name("paged_attention.cpp")
 # another machine builds its own instead of loading instructions it may not have.
 DIR_ENV = "INFERMESH_KERNEL_DIR"
 DISABLE_ENV = "INFERMESH_DISABLE_PAGED_KERNEL"
+MODULE = "infermesh_paged_attention"
 
 _lock = threading.Lock()
 _loaded: dict[str, Callable | None] = {}
@@ -49,7 +51,18 @@ def load_paged_attention(build_if_missing: bool = True) -> Callable | None:
 
 def _load(build_if_missing: bool) -> Callable | None:
     directory = build_dir()
-    if not build_if_missing and not any(directory.glob("*.so")):
+    built = directory / f"{MODULE}.so"
+    if built.is_file():
+        # Import the built module directly: cpp_extension.load re-checks the build with ninja,
+        # which costs tens of seconds of a busy machine at every worker start.
+        try:
+            fn = _import(built)
+        except ImportError as exc:
+            logger.warning("cannot import %s (%s): rebuilding", built, exc)
+        else:
+            logger.info("paged-attention kernel loaded from %s", built)
+            return fn
+    if not build_if_missing:
         logger.warning("paged-attention kernel not built in %s: using the torch path", directory)
         return None
     try:
@@ -57,7 +70,7 @@ def _load(build_if_missing: bool) -> Callable | None:
 
         directory.mkdir(parents=True, exist_ok=True)
         module = cpp_extension.load(
-            name="infermesh_paged_attention",
+            name=MODULE,
             sources=[str(SOURCE)],
             build_directory=str(directory),
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math"],
@@ -70,6 +83,16 @@ def _load(build_if_missing: bool) -> Callable | None:
         )
         return None
     logger.info("paged-attention kernel loaded from %s", directory)
+    return module.paged_attention
+
+
+def _import(path: Path) -> Callable:
+    import torch  # noqa: F401 - the extension links against libtorch: load that first
+    spec = importlib.util.spec_from_file_location(MODULE, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no module in {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module.paged_attention
 
 
