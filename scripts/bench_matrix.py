@@ -123,10 +123,27 @@ def _run_setup(args: argparse.Namespace, name: str, model: Path, log_dir: Path, 
         ]
         command += ["--prompt-len", *args.prompt_len, "--output-len", *args.output_len]
     with LocalCluster(spec) as cluster:
+        services = {
+            "worker": cluster.workers,
+            "scheduler": [cluster.scheduler],
+            "frontend": cluster.frontends,
+        }
+        before = {name: sum(_cpu_seconds(s) for s in procs) for name, procs in services.items()}
         bench = subprocess.run(
             [*command, "--address", cluster.frontend_address], capture_output=True, text=True, check=True
         )
-    return json.loads(bench.stdout.strip().splitlines()[-1])
+        used = {name: sum(_cpu_seconds(s) for s in procs) - before[name] for name, procs in services.items()}
+    result = json.loads(bench.stdout.strip().splitlines()[-1])
+    # CPU seconds each service spent on the workload: on a shared machine the wall time depends on
+    # the neighbours, these much less; the scheduler's and frontend's are what the worker loses.
+    result["cpu_s"] = {name: round(value, 1) for name, value in used.items()}
+    return result
+
+
+def _cpu_seconds(service) -> float:
+    """User + system CPU time of a service process so far (Linux /proc)."""
+    fields = Path(f"/proc/{service.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -74,25 +74,24 @@ def main() -> int:
     kernel = runner._paged_kernel
     paths = [("torch-gather", None)] + ([("kernel", kernel)] if kernel else [])
     for name, plan in _plans(num_blocks).items():
-        times: dict[str, float] = {}
-        for path, fn in paths:
-            runner._paged_kernel = fn
-            samples = []
-            for _ in range(args.repeats + 1):
+        samples: dict[str, list[float]] = {path: [] for path, _ in paths}
+        # Paths alternate within each repeat, so a neighbour's load on a shared machine hits both.
+        for repeat in range(args.repeats + 1):
+            for path, fn in paths:
+                runner._paged_kernel = fn
                 runner.reset()
                 start = time.perf_counter()
                 runner.execute(plan)
-                samples.append(time.perf_counter() - start)
+                if repeat:  # the first round warms caches and allocators
+                    samples[path].append(time.perf_counter() - start)
+        times = {path: statistics.median(values) * 1000 for path, values in samples.items()}
+        for path, fn in paths:
+            runner._paged_kernel = fn
             runner.reset()
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 runner.execute(plan)
-            times[path] = statistics.median(samples[1:]) * 1000
-            line = {
-                "step": name,
-                "path": path,
-                "tokens": plan_tokens(plan),
-                "ms_median": round(times[path], 1),
-            }
+            line = {"step": name, "dtype": args.dtype, "path": path, "tokens": plan_tokens(plan)}
+            line["ms_median"] = round(times[path], 1)
             print(json.dumps({**line, "top5_self_cpu": _top5(prof)}), flush=True)
         if len(times) == 2:
             print(
