@@ -88,6 +88,7 @@ def _load(build_if_missing: bool) -> Callable | None:
 
 def _import(path: Path) -> Callable:
     import torch  # noqa: F401 - the extension links against libtorch: load that first
+
     spec = importlib.util.spec_from_file_location(MODULE, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"no module in {path}")
