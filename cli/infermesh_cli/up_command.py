@@ -94,7 +94,8 @@ def run_up(args: argparse.Namespace) -> int:
         host=args.host,
         scheduler_args=["--dtype", args.dtype, *insecure, *args.scheduler_arg],
         worker_args=[*insecure, *args.worker_arg],
-        frontend_args=[*insecure, *args.frontend_arg],
+        # Reflection on the client port only (grpcurl against a local cluster just works).
+        frontend_args=[*insecure, "--enable-reflection", *args.frontend_arg],
         log_dir=log_dir,
         tls_dir=None if args.insecure_plaintext else log_dir / "certs",
         env={**os.environ, "INFERMESH_API_KEY": args.api_key} if args.api_key else None,

@@ -16,9 +16,11 @@ _HEALTH_MAX_RECEIVE_BYTES = 16 * 1024
 
 
 def add_health_and_reflection(
-    server: grpc.Server | grpc.aio.Server, service_full_names: Iterable[str]
+    server: grpc.Server | grpc.aio.Server, service_full_names: Iterable[str], reflection_on: bool = False
 ) -> health.HealthServicer:
-    """Registers grpc.health.v1 and server reflection on `server`; returns the health servicer.
+    """Registers grpc.health.v1 (and server reflection when `reflection_on`, the
+    enable_reflection option: off by default, it lists every RPC to whoever asks) on `server`;
+    returns the health servicer.
 
     The caller flips statuses with `set(name, status)`; the overall status ("") starts SERVING
     only when the caller says so, because a service whose downstream is missing is not ready.
@@ -28,7 +30,8 @@ def add_health_and_reflection(
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     for name in ["", *names]:
         servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    if reflection_on:
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return servicer
 
 

@@ -136,3 +136,19 @@ def test_certs_command_writes_a_ca_and_role_certificates(tmp_path: Path) -> None
     # Rotation keeps the trust anchor.
     assert main(["certs", "--out", str(out), "--reuse-ca"]) == 0
     assert (out / "ca.pem").read_bytes() == ca_before
+
+
+def _list_services(channel) -> grpc.StatusCode:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    return rpc_code(lambda: list(stub.ServerReflectionInfo(iter([request]), timeout=CALL_TIMEOUT_S)))
+
+
+def test_reflection_is_off_except_on_the_up_frontend(cluster: UpCluster) -> None:
+    frontend_cert = cluster.role_tls("frontend")
+    with open_channel(cluster.frontend_address) as channel:
+        assert _list_services(channel) == grpc.StatusCode.OK
+    with open_channel(cluster.announced("scheduler", "scheduler"), frontend_cert) as channel:
+        assert _list_services(channel) == grpc.StatusCode.UNIMPLEMENTED

@@ -77,6 +77,7 @@ class FrontendSettings:
     api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
     bounds: RequestBounds = field(default_factory=RequestBounds)
     http_limits: HttpLimits = field(default_factory=HttpLimits)
+    enable_reflection: bool = False
     client_interceptors: list[Any] = field(default_factory=list)
     server_interceptors: list[Any] = field(default_factory=list)
 
@@ -151,6 +152,7 @@ class FrontendSettings:
             client_tls=cfg.client_tls,
             api_keys=api_keys,
             bounds=RequestBounds.from_config(cfg),
+            enable_reflection=cfg.enable_reflection,
             http_limits=HttpLimits(
                 max_connections=cfg.http_max_connections,
                 header_timeout_s=cfg.http_header_timeout_ms / 1000,
@@ -219,7 +221,9 @@ class FrontendServer:
                 limits=settings.http_limits,
                 registry=self.registry,
             )
-        self.health = add_health_and_reflection(self.server, [SERVICE_NAME])
+        self.health = add_health_and_reflection(
+            self.server, [SERVICE_NAME], reflection_on=settings.enable_reflection
+        )
         self.port = 0
         self._health_task: asyncio.Task[None] | None = None
         self._serving = False

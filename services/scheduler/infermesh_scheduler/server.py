@@ -120,7 +120,7 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         interceptors=[*aio_server_interceptors(), *([AioRoleInterceptor()] if tls.enabled else [])],
         migration_thread_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
     )
-    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
+    health_servicer = add_health_and_reflection(server, [SERVICE_NAME], reflection_on=cfg.enable_reflection)
     registry = create_registry("scheduler", model_name(cfg.model_path)) if cfg.metrics_port else None
     cache_config = CacheConfig(cfg.block_size, cfg.dtype, cfg.enable_prefix_cache, cfg.enable_swap)
     telemetry = build_scheduler_telemetry(

@@ -100,7 +100,7 @@ def run(cfg) -> int:
         options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
     )
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-    health = add_health_and_reflection(server, [SERVICE_NAME])
+    health = add_health_and_reflection(server, [SERVICE_NAME], reflection_on=cfg.enable_reflection)
     try:
         port = bind(server, f"{cfg.host}:{cfg.port}", tls)
     except PortInUseError as exc:
