@@ -12,11 +12,21 @@ stability and the agreement with the scheduler core.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 # The parent hash of a sequence's first block.
 ROOT_PARENT_HASH = 0
 _MASK = (1 << 64) - 1
+
+
+def salt_root(cache_salt: str) -> int:
+    """The parent hash of the first block in the prefix-cache namespace `cache_salt`
+    (ROOT_PARENT_HASH for the shared one). A keyed digest, not hash(): str hashing differs
+    between processes."""
+    if not cache_salt:
+        return ROOT_PARENT_HASH
+    return int.from_bytes(hashlib.blake2b(cache_salt.encode(), digest_size=8).digest(), "little")
 
 
 def block_hash(parent_hash: int, token_ids: Sequence[int]) -> int:
@@ -26,7 +36,7 @@ def block_hash(parent_hash: int, token_ids: Sequence[int]) -> int:
 
 
 def prefix_block_hashes(
-    token_ids: Sequence[int], block_size: int, max_blocks: int | None = None
+    token_ids: Sequence[int], block_size: int, max_blocks: int | None = None, cache_salt: str = ""
 ) -> list[int]:
     """Returns the chained hashes of the full blocks at the start of `token_ids` (a partial last
     block is not hashed), at most `max_blocks` of them when given."""
@@ -36,7 +46,7 @@ def prefix_block_hashes(
     if max_blocks is not None:
         num_full = min(num_full, max_blocks)
     hashes: list[int] = []
-    parent = ROOT_PARENT_HASH
+    parent = salt_root(cache_salt)
     for index in range(num_full):
         parent = block_hash(parent, token_ids[index * block_size : (index + 1) * block_size])
         hashes.append(parent)

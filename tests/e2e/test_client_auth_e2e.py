@@ -291,3 +291,29 @@ def test_hostile_json_gets_a_400_in_the_openai_shape(cluster: UpCluster, raw: by
     body = json.loads(refused.value.read())
     assert refused.value.code == 400, body
     assert body["error"]["type"] == "invalid_request_error"
+
+
+def _cached_prompt_tokens(cluster: UpCluster, key: str, text: str, salt: str = "") -> int:
+    with open_channel(cluster.frontend_address) as channel:
+        stub = frontend_pb2_grpc.FrontendServiceStub(channel)
+        request_input = _input(text, max_tokens=2)
+        request_input.cache_salt = salt
+        response = stub.Generate(
+            frontend_pb2.GenerateRequest(input=request_input), timeout=120, metadata=_auth(key)
+        )
+    return response.usage.cached_prompt_tokens
+
+
+def test_prefix_cache_hits_never_cross_tenants(cluster: UpCluster) -> None:
+    prompt = "A long enough prompt for several KV blocks: " + "tenant A's private words " * 12
+    first_a = _cached_prompt_tokens(cluster, KEY_A, prompt)
+    again_a = _cached_prompt_tokens(cluster, KEY_A, prompt)
+    first_b = _cached_prompt_tokens(cluster, KEY_B, prompt)
+    again_b = _cached_prompt_tokens(cluster, KEY_B, prompt)
+    other_salt_b = _cached_prompt_tokens(cluster, KEY_B, prompt, salt="another-namespace")
+    print(
+        f"cached_prompt_tokens: A {first_a} then {again_a}; B on A's prompt {first_b}, B again {again_b}; "
+        f"B with another cache_salt {other_salt_b}"
+    )
+    assert again_a > 0 and again_b > 0
+    assert first_b == 0 and other_salt_b == 0

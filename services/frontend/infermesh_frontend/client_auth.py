@@ -36,6 +36,12 @@ def tenant_of_key(key: str) -> str:
     return "k" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def tenant_cache_salt(tenant: str, client_salt: str) -> str:
+    """The prefix-cache namespace of a request: its tenant's, narrowed by the client's own
+    cache_salt. A client cannot pick another tenant's namespace: the tenant always leads."""
+    return f"{tenant}|{client_salt}" if tenant or client_salt else ""
+
+
 def bearer_token(value: str | None) -> str:
     """The token of an `authorization: Bearer TOKEN` value ("" when absent or another scheme)."""
     if not value:

@@ -99,6 +99,7 @@ class RequestRunner:
             deadline_unix_ms=int(time.time() * 1000) + timeout_ms if timeout_ms else 0,
             client_id=request_input.client_id,
             non_blocking=request_input.non_blocking,
+            cache_salt=request_input.cache_salt,
         )
         if request_input.HasField("priority"):
             submit.priority = request_input.priority
@@ -107,6 +108,7 @@ class RequestRunner:
             prompt_token_ids=prompt_ids,
             session_id=request_input.session_id,
             client_id=request_input.client_id,
+            cache_salt=request_input.cache_salt,
         )
         return PreparedRequest(
             submit,

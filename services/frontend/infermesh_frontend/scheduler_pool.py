@@ -46,6 +46,7 @@ class RequestContext:
     prompt_token_ids: Sequence[int] = ()
     session_id: str = ""
     client_id: str = ""
+    cache_salt: str = ""
 
 
 @dataclass(slots=True)
@@ -167,7 +168,10 @@ class SchedulerPool:
             )
             raise NoSchedulerError(f"no scheduler replica is reachable at {addresses}")
         chosen = self.policy.pick(
-            RouteRequest(request_context.prompt_token_ids, request_context.session_id), candidates
+            RouteRequest(
+                request_context.prompt_token_ids, request_context.session_id, request_context.cache_salt
+            ),
+            candidates,
         )
         assert chosen is not None  # candidates is non-empty
         self.table.record_dispatch(chosen.address)

@@ -208,7 +208,9 @@ class FrontendServer:
             metrics=self.metrics,
             bounds=settings.bounds,
         )
-        frontend_pb2_grpc.add_FrontendServiceServicer_to_server(FrontendServicer(self.runner), self.server)
+        frontend_pb2_grpc.add_FrontendServiceServicer_to_server(
+            FrontendServicer(self.runner, settings.api_keys), self.server
+        )
         self.http_server: OpenAIHttpServer | None = None
         if settings.http_port:
             ssl_context = settings.tls.server_ssl_context() if settings.client_tls else None

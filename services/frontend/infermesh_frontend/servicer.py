@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
 
+from infermesh_frontend.client_auth import ApiKeys, grpc_authorization, tenant_cache_salt
 from infermesh_frontend.completion_collector import CollectedCompletion
 from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.request_error import RequestError
@@ -20,14 +21,21 @@ logger = logging.getLogger(__name__)
 class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
     """FrontendService over the shared RequestRunner (the HTTP API uses the same one)."""
 
-    def __init__(self, runner: RequestRunner) -> None:
+    def __init__(self, runner: RequestRunner, api_keys: ApiKeys | None = None) -> None:
         self._runner = runner
+        self._api_keys = api_keys or ApiKeys(())
         self._tokenizer = runner.tokenizer
         self._model_info = runner.model_info
 
     def _run(
-        self, request_input: frontend_pb2.GenerateInput, stream: bool = False
+        self,
+        request_input: frontend_pb2.GenerateInput,
+        context: grpc.aio.ServicerContext,
+        stream: bool = False,
     ) -> AsyncIterator[CompletionDelta]:
+        # The interceptor let the call in; the key also names its tenant's cache namespace.
+        tenant, _ = self._api_keys.authenticate(grpc_authorization(context.invocation_metadata()))
+        request_input.cache_salt = tenant_cache_salt(tenant, request_input.cache_salt)
         # Started inside the RPC's server span, which becomes the request span's parent.
         return self._runner.run(request_input, stream)
 
@@ -38,7 +46,7 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
         request_id = ""
         usage = None
         try:
-            async with contextlib.aclosing(self._run(request.input)) as deltas:
+            async with contextlib.aclosing(self._run(request.input, context)) as deltas:
                 async for delta in deltas:
                     completions.setdefault(delta.index, CollectedCompletion()).add(delta)
                     request_id = delta.request_id
@@ -66,7 +74,7 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
         self, request: frontend_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[frontend_pb2.GenerateStreamResponse]:
         try:
-            async with contextlib.aclosing(self._run(request.input, stream=True)) as deltas:
+            async with contextlib.aclosing(self._run(request.input, context, stream=True)) as deltas:
                 async for delta in deltas:
                     yield _stream_message(delta)
         except RequestError as error:

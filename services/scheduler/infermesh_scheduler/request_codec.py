@@ -56,6 +56,7 @@ def spec_from_submit(request: scheduler_pb2.SubmitRequest, default_priority: int
         client_id=request.client_id,
         arrival_time=time.monotonic(),
         resumed_output_token_ids=list(request.resumed_output_token_ids),
+        cache_salt=request.cache_salt,
     )
 
 

@@ -21,12 +21,12 @@ from infermesh_shared.grpc_transport import PortInUseError
 from infermesh_shared.telemetry import semconv as sc
 from prometheus_client import CollectorRegistry
 
-from infermesh_frontend.client_auth import ApiKeys
+from infermesh_frontend.client_auth import ApiKeys, tenant_cache_salt
 from infermesh_frontend.completion_collector import CollectedCompletion
 from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.openai_http.api_error import ApiError, invalid
 from infermesh_frontend.openai_http.chat_template import ChatTemplate, ChatTemplateError
-from infermesh_frontend.openai_http.client_auth_middleware import api_key_middleware
+from infermesh_frontend.openai_http.client_auth_middleware import api_key_middleware, request_tenant
 from infermesh_frontend.openai_http.connection_guard import (
     ConnectionGuard,
     HttpLimits,
@@ -145,7 +145,10 @@ class OpenAIApi:
         self, request: web.Request, parsed: ParsedRequest, shape: ResponseShape
     ) -> web.StreamResponse:
         operation = sc.OPERATION_CHAT if isinstance(shape, ChatShape) else sc.OPERATION_TEXT_COMPLETION
-        deltas = self._runner.run(parsed.generate_input, stream=parsed.stream, operation=operation)
+        # Cache hits never cross tenants: each key gets its own prefix-cache namespace.
+        salted = parsed.generate_input
+        salted.cache_salt = tenant_cache_salt(request_tenant(request), salted.cache_salt)
+        deltas = self._runner.run(salted, stream=parsed.stream, operation=operation)
         async with contextlib.aclosing(deltas):
             if parsed.stream:
                 return await _stream(request, parsed, shape, deltas)

@@ -53,7 +53,9 @@ class PrefixAwarePolicy:
         least = least_loaded(candidates)
         if least is None or self.block_size <= 0:
             return least
-        hashes = prefix_block_hashes(request.prompt_token_ids, self.block_size, self._max_prefix_blocks)
+        hashes = prefix_block_hashes(
+            request.prompt_token_ids, self.block_size, self._max_prefix_blocks, request.cache_salt
+        )
         if not hashes:
             return least
         chosen = self._remembered_holder(hashes, candidates)

@@ -15,6 +15,8 @@ class RouteRequest:
 
     prompt_token_ids: Sequence[int] = ()
     session_id: str = ""
+    # The request's prefix-cache namespace: the scheduler hashes its blocks under it.
+    cache_salt: str = ""
 
 
 class RoutingPolicy(Protocol):

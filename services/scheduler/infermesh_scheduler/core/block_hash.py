@@ -8,6 +8,12 @@ Python's hash of a tuple of ints is the same in every process, so a frontend can
 
 from __future__ import annotations
 
+# The salted root (a request's prefix-cache namespace) is defined with the frontend's copy of the
+# hash so that both compute the same numbers.
+from infermesh_shared.prefix_hash import salt_root
+
+__all__ = ["ROOT_HASH", "BlockKey", "block_hash", "block_key", "hash_prompt_blocks", "salt_root"]
+
 ROOT_HASH = 0
 _MASK = (1 << 64) - 1
 

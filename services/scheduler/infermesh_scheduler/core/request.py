@@ -42,6 +42,8 @@ class RequestSpec:
     arrival_time: float
     # Tokens generated for this request elsewhere (failover); they count towards max_tokens.
     resumed_output_token_ids: list[int] = field(default_factory=list)
+    # Prefix-cache namespace (one per tenant): blocks are reused only within it.
+    cache_salt: str = ""
 
 
 class FinishReason(enum.Enum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from infermesh_scheduler.core.block_hash import ROOT_HASH, BlockKey, block_hash, block_key
+from infermesh_scheduler.core.block_hash import BlockKey, block_hash, block_key, salt_root
 from infermesh_scheduler.core.request import RequestSpec
 
 
@@ -92,7 +92,7 @@ class Sequence:
         tokens = self.token_ids
         while len(keys) < num_blocks:
             i = len(keys)
-            parent = hashes[-1] if hashes else ROOT_HASH
+            parent = hashes[-1] if hashes else salt_root(self.request.spec.cache_salt)
             key = block_key(parent, tuple(tokens[i * block_size : (i + 1) * block_size]))
             keys.append(key)
             hashes.append(block_hash(key))
