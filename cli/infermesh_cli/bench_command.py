@@ -133,16 +133,26 @@ def add_bench_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="scheduler target only: running-sequence counts to time",
     )
     parser.add_argument("--steps", type=int, default=200, help="scheduler target only: steps per size")
+    parser.add_argument(
+        "--waiting",
+        type=int,
+        default=0,
+        help="scheduler target only: requests queued behind the full batch, looked at every step",
+    )
     add_profile_arguments(parser)
     parser.set_defaults(handler=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     if args.target == "scheduler":
-        from infermesh_scheduler.core.bench import run_scheduler_bench
+        from infermesh_scheduler.gc_policy import settle_after_startup
 
+        from infermesh_cli.scheduler_bench import run_scheduler_bench
+
+        settle_after_startup()  # the collector settings the scheduler process runs with
         for size in args.sizes:
-            print(json.dumps(run_scheduler_bench(num_running=size, steps=args.steps)), flush=True)
+            result = run_scheduler_bench(num_running=size, steps=args.steps, num_waiting=args.waiting)
+            print(json.dumps(result), flush=True)
         return 0
     if args.target == "profile":
         from infermesh_cli.bench_profile import run_profile

@@ -49,17 +49,7 @@ def make_spec(
     arrival_time: float | None = None,
     resumed: list[int] | None = None,
 ) -> RequestSpec:
-    sampling = SamplingOptions(
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        min_p=0.0,
-        seed=None,
-        max_tokens=max_tokens,
-        stop_token_ids=(),
-        ignore_eos=ignore_eos,
-        n=n,
-    )
+    sampling = SamplingOptions.greedy(max_tokens, ignore_eos=ignore_eos, n=n)
     return RequestSpec(
         request_id=request_id,
         prompt_token_ids=list(prompt),

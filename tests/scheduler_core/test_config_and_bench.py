@@ -5,8 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from infermesh_cli.scheduler_bench import run_scheduler_bench
 from infermesh_scheduler.core import SchedulerCoreConfig
-from infermesh_scheduler.core.bench import run_scheduler_bench
 
 
 def settings(**overrides):
@@ -64,3 +64,9 @@ def test_bench_reports_per_step_time():
     result = run_scheduler_bench(16, 5)
     assert result["num_running"] == 16 and result["steps"] == 5 and result["tokens_per_step"] == 16
     assert result["us_per_step"] > 0 and result["max_us"] >= result["p50_us"]
+    assert result["cpu_us_per_step"] > 0 and result["cpu_max_us"] >= result["cpu_p50_us"]
+
+
+def test_bench_keeps_the_waiting_requests_queued():
+    result = run_scheduler_bench(8, 3, num_waiting=50)
+    assert result["num_waiting"] == 50 and result["tokens_per_step"] == 8

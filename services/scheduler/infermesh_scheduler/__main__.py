@@ -11,6 +11,7 @@ from infermesh_shared.config.model_metadata import ModelMetadataError, read_mode
 from infermesh_shared.grpc_transport import EXIT_PORT_IN_USE, PortInUseError
 from infermesh_shared.telemetry import configure_service_logging, init_tracing, shutdown_tracing
 
+from infermesh_scheduler.gc_policy import settle_after_startup
 from infermesh_scheduler.server import StartupError, serve
 
 logger = logging.getLogger("infermesh_scheduler")
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: Model metadata read failed\n  Caused by: {err}", file=sys.stderr)
         return 2
     init_tracing(cfg.service_name, cfg.tracing_exporter, cfg.otlp_endpoint, cfg.tracing_sample_ratio)
+    settle_after_startup()
     try:
         asyncio.run(serve(cfg, metadata))
     except PortInUseError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -25,6 +26,23 @@ class SamplingOptions:
     ignore_eos: bool
     n: int = 1
     logprobs: int = 0
+
+    @classmethod
+    def greedy(
+        cls, max_tokens: int, *, ignore_eos: bool = False, n: int = 1, stop_token_ids: tuple[int, ...] = ()
+    ) -> SamplingOptions:
+        """Argmax decoding of up to max_tokens tokens (benchmarks and tests)."""
+        return cls(
+            temperature=0.0,
+            top_p=1.0,
+            top_k=0,
+            min_p=0.0,
+            seed=None,
+            max_tokens=max_tokens,
+            stop_token_ids=stop_token_ids,
+            ignore_eos=ignore_eos,
+            n=n,
+        )
 
 
 @dataclass(slots=True)
@@ -72,7 +90,8 @@ class RequestOutput:
     request_id: str
     index: int
     new_token_ids: list[int]
-    new_logprobs: list[float]
+    # A shared empty tuple when the request asked for no logprobs.
+    new_logprobs: Sequence[float]
     finish_reason: FinishReason | None
     # Set on the request's last output (all n completions finished).
     usage: Usage | None = None

@@ -92,6 +92,13 @@ class RequestTable:
             class_rank=class_rank,
             deadline_mono=deadline_mono,
         )
+        sampling = spec.sampling
+        stop = set(sampling.stop_token_ids)
+        if not sampling.ignore_eos:
+            stop.update(cfg.eos_token_ids)
+        req.stop_ids = frozenset(stop)
+        req.max_total_tokens = min(len(spec.prompt_token_ids) + sampling.max_tokens, cfg.max_model_len)
+        req.wants_logprobs = sampling.logprobs > 0
         tokens = list(spec.prompt_token_ids) + list(spec.resumed_output_token_ids)
         seq = self.new_sequence(req, 0, tokens, len(spec.prompt_token_ids))
         self.requests[spec.request_id] = req

@@ -45,7 +45,6 @@ class Scheduler:
         config.validate()
         self.config = config
         self._clock = clock
-        self._eos = frozenset(config.eos_token_ids)
         self.kv = KVManager(config)
         target_s = config.target_step_time_ms / 1000.0
         self._cost = StepCostModel(
@@ -186,7 +185,8 @@ class Scheduler:
             i += 1
             if seq.in_flight:
                 continue
-            n = step.tokens_for(seq.num_tokens - seq.num_computed_tokens)
+            remaining = len(seq.token_ids) - seq.num_computed_tokens
+            n = 1 if remaining <= 1 else step.tokens_for(remaining)  # the common decode first
             if n <= 0:
                 continue
             need = kv.growth(seq, n)

@@ -30,6 +30,12 @@ class RequestState:
     forked: bool = False
     started: bool = False
     cached_prompt_tokens: int = 0
+    # Read on every sampled token, so worked out once at admission: the token ids that stop a
+    # completion (EOS unless ignored, plus stop_token_ids), the token count at which it stops for
+    # length (prompt + max_tokens, capped by max_model_len), whether it returns logprobs.
+    stop_ids: frozenset[int] = frozenset()
+    max_total_tokens: int = 0
+    wants_logprobs: bool = False
 
 
 @dataclass(slots=True, eq=False)

@@ -10,6 +10,8 @@ from infermesh_scheduler.core.request import SamplingOptions
 from infermesh_scheduler.core.sequence import Sequence
 from infermesh_scheduler.core.step_plan import NewSequence, RunningSequence, StepPlan
 
+_NO_BLOCKS: tuple[int, ...] = ()
+
 
 class StepBudget:
     __slots__ = ("plan", "budget", "batch_left", "chunk_left", "scheduled")
@@ -36,7 +38,12 @@ class StepBudget:
         seq.num_scheduled_now = n
         computed = seq.num_computed_tokens
         if seq.sent:
-            self.plan.running_sequences.append(RunningSequence(seq.seq_id, seq.new_block_ids, computed, n))
+            new_blocks = seq.new_block_ids
+            if new_blocks:
+                seq.new_block_ids = []
+            else:
+                new_blocks = _NO_BLOCKS  # most decodes: no list allocated per sequence per step
+            self.plan.running_sequences.append(RunningSequence(seq.seq_id, new_blocks, computed, n))
         else:
             self.plan.new_sequences.append(
                 NewSequence(
@@ -50,7 +57,8 @@ class StepBudget:
                 )
             )
             seq.sent = True
-        seq.new_block_ids = []
+            if seq.new_block_ids:
+                seq.new_block_ids = []
         self.scheduled.append(seq)
         self.budget -= n
         self.batch_left -= 1

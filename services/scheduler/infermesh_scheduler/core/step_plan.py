@@ -6,6 +6,7 @@ run the forward pass. The scheduler never puts a swap_out and a swap_in in the s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from infermesh_scheduler.core.request import SamplingOptions
@@ -32,7 +33,8 @@ class RunningSequence:
     """A sequence the worker already holds: only blocks appended since the last step."""
 
     seq_id: int
-    new_block_ids: list[int]
+    # A shared empty tuple when no block was appended (the common decode step).
+    new_block_ids: Sequence[int]
     num_computed_tokens: int
     num_scheduled_tokens: int
 

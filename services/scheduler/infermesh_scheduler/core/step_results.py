@@ -23,42 +23,43 @@ def apply_step_results(
     kv = sched.kv
     cache = kv.prefix_cache_enabled
     bs = kv.block_size
-    eos = sched._eos
-    max_model_len = sched.config.max_model_len
     running = SeqStatus.RUNNING
+    stop, length = FinishReason.STOP, FinishReason.LENGTH
     for seq in scheduled:
         if seq.status is not running:
             continue  # aborted or expired while the step ran
-        seq.num_computed_tokens += seq.num_scheduled_now
-        if seq.num_computed_tokens < len(seq.token_ids):
-            if cache and seq.num_computed_tokens // bs > seq.num_cached_blocks:
-                kv.cache_full_blocks(seq)
-            continue
+        computed = seq.num_computed_tokens + seq.num_scheduled_now
+        seq.num_computed_tokens = computed
+        tokens = seq.token_ids
+        if cache and computed // bs > seq.num_cached_blocks:
+            kv.cache_full_blocks(seq)
+        if computed < len(tokens):
+            continue  # a prefill chunk short of the end: nothing sampled yet
         token = by_seq.get(seq.seq_id)
         if token is None:
             raise RuntimeError(
                 f"the worker returned no token for sequence {seq.seq_id}, which reached the end of its tokens"
             )
         tid = token.token_id
-        seq.token_ids.append(tid)
-        if cache and seq.num_computed_tokens // bs > seq.num_cached_blocks:
-            kv.cache_full_blocks(seq)
+        tokens.append(tid)
         req = seq.request
-        sampling = req.spec.sampling
-        reason: FinishReason | None = None
-        if (tid in eos and not sampling.ignore_eos) or tid in sampling.stop_token_ids:
-            reason = FinishReason.STOP
-        elif seq.num_output_tokens >= sampling.max_tokens or len(seq.token_ids) >= max_model_len:
-            reason = FinishReason.LENGTH
-        logprobs = [token.logprob] if sampling.logprobs > 0 else []
-        out = RequestOutput(req.spec.request_id, seq.index, [tid], logprobs, reason)
+        if tid in req.stop_ids:
+            reason: FinishReason | None = stop
+        elif len(tokens) >= req.max_total_tokens:
+            reason = length
+        else:
+            reason = None
+        out = RequestOutput(
+            req.spec.request_id, seq.index, [tid], [token.logprob] if req.wants_logprobs else (), reason
+        )
         outputs.append(out)
-        if sampling.n > 1 and not req.forked:
+        if not req.forked and req.spec.sampling.n > 1:
             sched._fork(seq)
-        if announce and reason is None:
-            sched._announce.append(token)
-        if reason is not None:
+        if reason is None:
+            if announce:
+                sched._announce.append(token)
+        else:
             sched._release(seq)
-            if req.num_finished == sampling.n:
+            if req.num_finished == req.spec.sampling.n:
                 sched._table.finish(req, out)
     return outputs

@@ -1,9 +1,12 @@
-"""Microbenchmark: scheduler core time per step (schedule() + update()) with N decoding sequences
-against a worker that costs nothing. `python -m infermesh_scheduler.core.bench` prints JSON lines."""
+"""`infermesh bench scheduler`: the scheduler core's time per step (schedule() + update()) with N
+decoding sequences (and optionally W more waiting) against a worker that costs nothing.
+
+Reports wall-clock time (what a step takes on this machine now, other processes included) and
+the thread's CPU time (what the step itself costs; steadier on a shared machine).
+"""
 
 from __future__ import annotations
 
-import json
 import time
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
@@ -23,10 +26,21 @@ def _zero_cost_worker(plan: StepPlan) -> list[SampledToken]:
     return out
 
 
-def run_scheduler_bench(num_running: int, steps: int) -> dict:
-    """Admit num_running requests, prefill them, then time `steps` decode steps.
+def _stats(prefix: str, samples: list[float]) -> dict:
+    samples = sorted(samples)
+    return {
+        f"{prefix}us_per_step": round(sum(samples) / len(samples) * 1e6, 1),
+        f"{prefix}p50_us": round(samples[len(samples) // 2] * 1e6, 1),
+        f"{prefix}max_us": round(samples[-1] * 1e6, 1),
+    }
 
-    Returns num_running, steps, us_per_step (mean), p50_us, max_us and tokens_per_step.
+
+def run_scheduler_bench(num_running: int, steps: int, num_waiting: int = 0) -> dict:
+    """Admit num_running requests, prefill them, then time `steps` decode steps while num_waiting
+    more requests wait (the batch is full, so they stay queued and are looked at every step).
+
+    Returns num_running, num_waiting, steps, tokens_per_step and the wall-clock (us_per_step mean,
+    p50_us, max_us) and thread CPU time (cpu_us_per_step, cpu_p50_us, cpu_max_us) of a step.
     """
     warmup = 2
     max_tokens = steps + warmup + 8
@@ -40,21 +54,12 @@ def run_scheduler_bench(num_running: int, steps: int) -> dict:
         eos_token_ids=(0,),
         chunk_size=num_running * _PROMPT_LEN,
         max_chunk_size=num_running * _PROMPT_LEN,
-        max_queue_size=num_running,
+        max_queue_size=num_running + num_waiting,
     )
     sched = Scheduler(config)
-    sampling = SamplingOptions(
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        min_p=0.0,
-        seed=None,
-        max_tokens=max_tokens,
-        stop_token_ids=(),
-        ignore_eos=True,
-    )
+    sampling = SamplingOptions.greedy(max_tokens, ignore_eos=True)
     now = time.monotonic()
-    for i in range(num_running):
+    for i in range(num_running + num_waiting):
         prompt = [(i * 7919 + j) % 32000 + 1 for j in range(_PROMPT_LEN)]
         sched.add_request(
             RequestSpec(
@@ -71,38 +76,33 @@ def run_scheduler_bench(num_running: int, steps: int) -> dict:
     for _ in range(warmup):
         plan = sched.schedule()
         sched.update(plan, _zero_cost_worker(plan))
-    timings: list[float] = []
+    wall: list[float] = []
+    cpu: list[float] = []
     tokens = 0
     perf = time.perf_counter
+    thread = time.thread_time
     for _ in range(steps):
-        t0 = perf()
+        c0, t0 = thread(), perf()
         plan = sched.schedule()
-        t1 = perf()
+        t1, c1 = perf(), thread()
         sampled = _zero_cost_worker(plan)
-        t2 = perf()
+        c2, t2 = thread(), perf()
         sched.update(plan, sampled)
-        t3 = perf()
+        t3, c3 = perf(), thread()
         # The worker stand-in's own time is not the scheduler's.
-        timings.append((t1 - t0) + (t3 - t2))
+        wall.append((t1 - t0) + (t3 - t2))
+        cpu.append((c1 - c0) + (c3 - c2))
         tokens += plan.num_scheduled_tokens()
-    assert sched.load().num_running == num_running, "bench sequences finished early"
-    for i in range(num_running):
+    load = sched.load()
+    assert load.num_running == num_running, "bench sequences finished early"
+    assert load.num_waiting == num_waiting, "bench waiting requests were admitted"
+    for i in range(num_running + num_waiting):
         sched.abort_request(f"bench-{i}")
-    timings.sort()
     return {
         "num_running": num_running,
+        "num_waiting": num_waiting,
         "steps": steps,
-        "us_per_step": round(sum(timings) / len(timings) * 1e6, 1),
-        "p50_us": round(timings[len(timings) // 2] * 1e6, 1),
-        "max_us": round(timings[-1] * 1e6, 1),
+        **_stats("", wall),
+        **_stats("cpu_", cpu),
         "tokens_per_step": tokens / steps,
     }
-
-
-def main(steps: int = 200) -> None:
-    for size in BENCH_SIZES:
-        print(json.dumps(run_scheduler_bench(size, steps)), flush=True)
-
-
-if __name__ == "__main__":
-    main()
