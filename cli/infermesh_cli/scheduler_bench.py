@@ -68,7 +68,7 @@ def run_scheduler_bench(num_running: int, steps: int, num_waiting: int = 0) -> d
                 sampling=sampling,
                 priority=0,
                 priority_class=PriorityClass.THROUGHPUT,
-                deadline=None,
+                timeout_s=None,
                 client_id="bench",
                 arrival_time=now,
             )

@@ -1,23 +1,26 @@
-"""Hashes of full KV blocks of token ids, chained over the parent block's hash: the numbers the
-scheduler reports in `GetLoadResponse.cached_prefix_hashes` (the hashes of the first blocks its
-prefix cache holds) and that a frontend computes for a prompt to find the replica holding it.
+"""The prefix block hash: the numbers the scheduler reports in `GetLoadResponse.
+cached_prefix_hashes` (the hashes of the first blocks its prefix cache holds), that a frontend
+computes for a prompt to find the replica holding it, and that the scheduler's prefix cache is
+keyed by. Every host and language must compute the same numbers, so the function is specified
+(scheduler.proto, `cached_prefix_hashes`), not Python's hash():
 
-The function is Python's hash of the tuple (parent hash, token ids), masked to 64 bits, with 0 as
-the first block's parent — the scheduler core's own block hash (infermesh_scheduler.core.
-block_hash), defined here so the frontend, which does not install the scheduler, computes the
-same numbers. Hash randomisation (PYTHONHASHSEED) covers str and bytes only, so a tuple of ints
-hashes alike in every process; tests/routing/test_prefix_hash.py checks both the cross-process
-stability and the agreement with the scheduler core.
+    block_hash(parent, tokens) = uint64_le(BLAKE2b-64(uint64_le(parent) || uint32_le(t0) || ... ))
+
+BLAKE2b with an 8-byte digest and no key; the parent of a sequence's first block is 0, or, for a
+request with a cache_salt, salt_root(salt) = uint64_le(BLAKE2b-64(salt as UTF-8)); token ids are
+unsigned 32-bit (as in the protos). The digest's 8 bytes read as a little-endian unsigned
+integer are the hash. The scheduler core uses this module; it is here so the frontend, which does
+not install the scheduler, computes the same numbers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Sequence
 
 # The parent hash of a sequence's first block.
 ROOT_PARENT_HASH = 0
-_MASK = (1 << 64) - 1
 
 
 def salt_root(cache_salt: str) -> int:
@@ -32,7 +35,13 @@ def salt_root(cache_salt: str) -> int:
 def block_hash(parent_hash: int, token_ids: Sequence[int]) -> int:
     """Returns the uint64 hash of one block of `token_ids` following a block hashed
     `parent_hash` (ROOT_PARENT_HASH for a sequence's first block)."""
-    return hash((parent_hash, tuple(token_ids))) & _MASK
+    try:
+        data = struct.pack(f"<Q{len(token_ids)}I", parent_hash, *token_ids)
+    except struct.error as err:
+        raise ValueError(
+            f"cannot hash a block: parent hash must be a uint64 and token ids uint32 ({err})"
+        ) from None
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def prefix_block_hashes(

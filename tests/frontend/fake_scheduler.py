@@ -45,11 +45,14 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         # (code, message) to fail Submit with, as the real scheduler does for bad input.
         self.error: tuple[grpc.StatusCode, str] | None = None
         self.submits: list[scheduler_pb2.SubmitRequest] = []
+        # The gRPC deadline each Submit arrived with, as time remaining (None: no deadline).
+        self.time_remaining: list[float | None] = []
         self.aborts: list[str] = []
         self.cancelled: list[str] = []
 
     async def Submit(self, request: scheduler_pb2.SubmitRequest, context: grpc.aio.ServicerContext):
         self.submits.append(request)
+        self.time_remaining.append(context.time_remaining())
         if self.error is not None:
             await context.abort(*self.error)
         n = request.sampling.n

@@ -11,6 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from infermesh_shared.prefix_hash import ROOT_PARENT_HASH, block_hash, first_block_hash, prefix_block_hashes
 
+# block_hash(0, [1, 2, 3, 4]) and, chained on it, block_hash(FIRST_1234, [5, 6, 7, 8]).
+FIRST_1234 = 658132497017838498
+SECOND_5678 = 7641984106258271874
+
 token_lists = st.lists(st.integers(min_value=0, max_value=2**32 - 1), max_size=80)
 
 
@@ -63,3 +67,21 @@ def test_hashes_of_a_longer_sequence_extend_the_prefix_hashes(prefix, suffix, bl
 def test_different_first_blocks_hash_differently(a, b, block_size) -> None:
     if len(a) >= block_size and len(b) >= block_size and a[:block_size] != b[:block_size]:
         assert first_block_hash(a, block_size) != first_block_hash(b, block_size)
+
+
+def test_the_hash_is_the_specified_blake2b() -> None:
+    # scheduler.proto's cached_prefix_hashes: BLAKE2b-64 over uint64_le(parent) then each token id
+    # as uint32_le, the digest read as a little-endian uint64. Built by hand here, and pinned to
+    # numbers another language's implementation can check itself against.
+    import hashlib
+
+    def by_hand(parent: int, tokens: list[int]) -> int:
+        data = parent.to_bytes(8, "little") + b"".join(t.to_bytes(4, "little") for t in tokens)
+        return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+    first = block_hash(ROOT_PARENT_HASH, [1, 2, 3, 4])
+    assert first == by_hand(0, [1, 2, 3, 4]) == FIRST_1234
+    assert block_hash(first, [5, 6, 7, 8]) == by_hand(first, [5, 6, 7, 8]) == SECOND_5678
+    assert prefix_block_hashes([1, 2, 3, 4, 5, 6, 7, 8, 9], 4) == [FIRST_1234, SECOND_5678]
+    with pytest.raises(ValueError, match="uint32"):
+        block_hash(0, [2**32])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from infermesh_scheduler.core import FinishReason, InvalidRequestError, QueueFullError
+from infermesh_scheduler.core import EndReason, FinishReason, InvalidRequestError, QueueFullError
 
 from tests.scheduler_core.builders import assert_all_blocks_free, make_pair, make_spec, run_to_completion
 
@@ -34,7 +34,7 @@ def test_drop_oldest_admits_new_and_ends_oldest_with_resource_exhausted():
     assert len(dropped) == 1
     out = dropped[0]
     assert out.request_id == "a" and out.finish_reason is FinishReason.ABORT
-    assert out.error.code == "RESOURCE_EXHAUSTED" and "drop_oldest" in out.error.message
+    assert out.error.reason is EndReason.DROPPED_FOR_NEWER and "drop_oldest" in out.error.message
     assert out.usage is not None and out.usage.completion_tokens == 0
     tokens = run_to_completion(sched, worker)
     assert set(tokens) == {("b", 0), ("c", 0)}
@@ -109,14 +109,14 @@ def test_abort_between_schedule_and_update_drops_the_token():
 
 def test_expired_deadlines_end_requests_with_deadline_exceeded():
     sched, worker = make_pair()
-    sched.add_request(make_spec("late", [1, 2, 3], max_tokens=20, deadline=100.0))
-    sched.add_request(make_spec("fine", [1, 2, 3], max_tokens=2, deadline=10_000.0))
-    sched.add_request(make_spec("none", [1, 2, 3], max_tokens=2))
+    sched.add_request(make_spec("late", [1, 2, 3], max_tokens=20, timeout_s=100.0, arrival_time=0.0))
+    sched.add_request(make_spec("fine", [1, 2, 3], max_tokens=2, timeout_s=10_000.0, arrival_time=0.0))
+    sched.add_request(make_spec("none", [1, 2, 3], max_tokens=2, arrival_time=0.0))
     plan = sched.schedule()
     sched.update(plan, worker.execute(plan))
-    outs = sched.expire_deadlines(now_wall=200.0)
+    outs = sched.expire_deadlines(now=200.0)
     assert [o.request_id for o in outs] == ["late"]
-    assert outs[0].error.code == "DEADLINE_EXCEEDED" and "deadline" in outs[0].error.message
+    assert outs[0].error.reason is EndReason.DEADLINE and "deadline" in outs[0].error.message
     tokens = run_to_completion(sched, worker)
     assert set(tokens) == {("fine", 0), ("none", 0)}
     assert_all_blocks_free(sched)

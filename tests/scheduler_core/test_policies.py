@@ -8,12 +8,10 @@ from infermesh_scheduler.core import PriorityClass, Scheduler
 from tests.scheduler_core.builders import make_config, make_spec
 from tests.scheduler_core.simulated_worker import SimulatedWorker
 
-WALL_NOW = 1_000_000.0
-
 
 def start_order(policy: str, specs, **overrides) -> list[str]:
     config = make_config(policy=policy, max_batch_size=1, max_model_len=4096, num_blocks=512, **overrides)
-    sched = Scheduler(config, clock=lambda: 0.0, wall_clock=lambda: WALL_NOW)
+    sched = Scheduler(config, clock=lambda: 0.0)
     worker = SimulatedWorker(config.block_size, config.num_blocks)
     for spec in specs:
         spec.arrival_time = 0.0
@@ -60,10 +58,10 @@ def test_priority_runs_larger_priority_first_then_arrival():
 
 def test_edf_serves_earliest_deadline_first():
     specs = [
-        make_spec("d50", [1, 2], 1, deadline=WALL_NOW + 50),
-        make_spec("d10", [1, 3], 1, deadline=WALL_NOW + 10),
+        make_spec("d50", [1, 2], 1, timeout_s=50),
+        make_spec("d10", [1, 3], 1, timeout_s=10),
         make_spec("none", [1, 4], 1),  # synthetic deadline: arrival + max(min_deadline_s, ...) = 100 s
-        make_spec("d30", [1, 5], 1, deadline=WALL_NOW + 30),
+        make_spec("d30", [1, 5], 1, timeout_s=30),
     ]
     assert start_order("edf", specs, min_deadline_s=100.0) == ["d10", "d30", "d50", "none"]
 
@@ -78,13 +76,13 @@ def test_edf_synthetic_deadline_grows_with_expected_work():
 
 def test_lrs_serves_least_slack_first_where_edf_ties():
     specs = [
-        make_spec("small", [1, 2, 3], 1, deadline=WALL_NOW + 100),
-        make_spec("big", [1, 2, 4], 300, deadline=WALL_NOW + 100),
+        make_spec("small", [1, 2, 3], 1, timeout_s=100),
+        make_spec("big", [1, 2, 4], 300, timeout_s=100),
     ]
     assert start_order(
         "edf",
         [
-            make_spec(s.request_id, s.prompt_token_ids, s.sampling.max_tokens, deadline=s.deadline)
+            make_spec(s.request_id, s.prompt_token_ids, s.sampling.max_tokens, timeout_s=s.timeout_s)
             for s in specs
         ],
     ) == ["small", "big"]
@@ -100,9 +98,9 @@ def test_fair_interleaves_clients():
 @pytest.mark.parametrize("policy", ["continuous", "priority", "fair", "edf", "lrs"])
 def test_latency_critical_class_goes_first_under_every_policy(policy):
     specs = [
-        make_spec("t0", [1, 2], 1, priority=9, deadline=WALL_NOW + 1),
-        make_spec("t1", [1, 3], 1, priority=9, deadline=WALL_NOW + 1),
-        make_spec("lc", [1, 4], 1, priority_class=LC, deadline=WALL_NOW + 500),
+        make_spec("t0", [1, 2], 1, priority=9, timeout_s=1),
+        make_spec("t1", [1, 3], 1, priority=9, timeout_s=1),
+        make_spec("lc", [1, 4], 1, priority_class=LC, timeout_s=500),
     ]
     assert start_order(policy, specs)[0] == "lc"
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from infermesh_scheduler.core import (
+    EndReason,
     FinishReason,
     InvalidRequestError,
     PriorityClass,
@@ -60,7 +61,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             **kw,
         )
         self.clock_now = 1000.0
-        self.sched = Scheduler(self.config, clock=lambda: self.clock_now, wall_clock=lambda: 5000.0)
+        self.sched = Scheduler(self.config, clock=lambda: self.clock_now)
         self.worker = SimulatedWorker(block_size, num_blocks, self.config.num_cpu_blocks)
         self.stage0 = None
         if self.config.max_inflight_plans > 1:
@@ -91,7 +92,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.usage_seen.add(out.request_id)
                 self.live.discard(out.request_id)
             if out.error is not None:
-                assert out.error.code in ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
+                assert out.error.reason in (EndReason.DROPPED_FOR_NEWER, EndReason.DEADLINE)
                 self.ended.add(out.request_id)
 
     @rule(
@@ -103,9 +104,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         n=st.integers(1, 3),
         client=st.sampled_from(["a", "b", "c"]),
         ignore_eos=st.booleans(),
-        deadline=st.one_of(st.none(), st.floats(5000.0, 5010.0)),
+        timeout_s=st.one_of(st.none(), st.floats(0.0, 10.0)),
     )
-    def add(self, prefix, suffix, max_tokens, priority, latency, n, client, ignore_eos, deadline):
+    def add(self, prefix, suffix, max_tokens, priority, latency, n, client, ignore_eos, timeout_s):
         prompt = (PREFIXES[prefix] if prefix < len(PREFIXES) else []) + suffix
         if not prompt:
             prompt = [5]
@@ -120,7 +121,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             client_id=client,
             n=n,
             ignore_eos=ignore_eos,
-            deadline=deadline,
+            timeout_s=timeout_s,
             arrival_time=self.clock_now,
         )
         try:
@@ -206,12 +207,14 @@ class SchedulerMachine(RuleBasedStateMachine):
                 if self.specs[earlier].priority_class == cls and earlier in self.live:
                     assert earlier in self.started, f"{rid} started before earlier {earlier}"
 
-    @rule(now_wall=st.floats(5000.0, 5012.0))
-    def expire(self, now_wall):
-        outputs = self.sched.expire_deadlines(now_wall)
+    @rule(ahead=st.floats(0.0, 12.0))
+    def expire(self, ahead):
+        now = self.clock_now + ahead
+        outputs = self.sched.expire_deadlines(now)
         for out in outputs:
-            assert out.error.code == "DEADLINE_EXCEEDED" and out.finish_reason is FinishReason.ABORT
-            assert self.specs[out.request_id].deadline < now_wall
+            assert out.error.reason is EndReason.DEADLINE and out.finish_reason is FinishReason.ABORT
+            spec = self.specs[out.request_id]
+            assert spec.arrival_time + spec.timeout_s < now
         self._take(outputs)
 
     @precondition(lambda self: self.next_id % 7 == 3)

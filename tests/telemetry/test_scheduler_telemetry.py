@@ -59,7 +59,7 @@ def _spec(request_id: str, prompt_len: int) -> RequestSpec:
         sampling=SAMPLING,
         priority=7,
         priority_class=PriorityClass.THROUGHPUT,
-        deadline=None,
+        timeout_s=None,
         client_id="client-a",
         arrival_time=time.monotonic(),
     )

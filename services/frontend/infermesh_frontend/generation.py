@@ -26,10 +26,6 @@ from infermesh_frontend.scheduler_pool import (
 
 logger = logging.getLogger(__name__)
 
-# Extra time the gRPC call gets beyond the request's own timeout, so the scheduler's own
-# DEADLINE_EXCEEDED (which frees the request's blocks) normally arrives first.
-DEADLINE_GRACE_S = 1.0
-
 
 @dataclass(slots=True)
 class PreparedRequest:
@@ -45,6 +41,10 @@ class PreparedRequest:
     # The id the client gave (echoed back to it); the scheduler only ever sees submit.request_id,
     # which the frontend made unique, so clients cannot collide with or abort each other's.
     client_request_id: str = ""
+    # time.monotonic() by which the request must end (from timeout_ms); None means none. Each
+    # Submit call carries what is left of it as its gRPC deadline, so a failover does not
+    # restart the clock and no host compares another host's wall clock.
+    deadline: float | None = None
 
 
 class Generation:
@@ -126,8 +126,8 @@ class Generation:
         """Streams from one replica; yields None (and stops) when the request goes on at another
         one: before its first token when the replica is unavailable, or mid-stream when the
         replica dies or stops answering (then from the tokens already streamed)."""
-        timeout_ms = self._request.timeout_ms
-        timeout_s = timeout_ms / 1000 + DEADLINE_GRACE_S if timeout_ms else None
+        deadline = self._request.deadline
+        timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
         # Created with the stream span current, so the scheduler's spans join this request's trace.
         stream_span = self._trace.start_stream(replica.address)
         with activate_span(stream_span):

@@ -96,7 +96,6 @@ class RequestRunner:
             prompt_token_ids=prompt_ids,
             sampling=sampling,
             priority_class=request_input.priority_class,
-            deadline_unix_ms=int(time.time() * 1000) + timeout_ms if timeout_ms else 0,
             client_id=request_input.client_id,
             non_blocking=request_input.non_blocking,
             cache_salt=request_input.cache_salt,
@@ -117,6 +116,7 @@ class RequestRunner:
             timeout_ms,
             self._failover_max_attempts,
             client_request_id=request_input.request_id,
+            deadline=time.monotonic() + timeout_ms / 1000 if timeout_ms else None,
         )
 
     async def _encode(self, text: str) -> list[int]:

@@ -22,13 +22,14 @@ from typing import Any
 import grpc
 from infermesh_shared.telemetry import activate_span
 
-from infermesh_scheduler.core.errors import InvalidRequestError, QueueFullError
-from infermesh_scheduler.core.request import AdmissionError, RequestOutput, RequestSpec
+from infermesh_scheduler.core.errors import QueueFullError, RequestRefused
+from infermesh_scheduler.core.request import RequestOutput, RequestSpec
 from infermesh_scheduler.core.scheduler import Scheduler
 from infermesh_scheduler.core.step_plan import StepPlan
 from infermesh_scheduler.plan_codec import plan_to_proto, tokens_from_proto
 from infermesh_scheduler.request_stream import RequestStream
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
+from infermesh_scheduler.status_table import status_of_end, status_of_refusal
 from infermesh_scheduler.submit_validation import SubmitRejected
 from infermesh_scheduler.worker_group import GroupState, WorkerGroup, WorkerGroupFailure
 
@@ -62,11 +63,6 @@ class _PlanInFlight:
     task: asyncio.Task
     started: float  # time.perf_counter() when it was sent
     span: Any  # the step's tracing span, None unless traced
-
-
-def status_of_error(error: AdmissionError) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status for a request the core ended itself (its error names a status code)."""
-    return getattr(grpc.StatusCode, error.code.upper(), grpc.StatusCode.INTERNAL), error.message
 
 
 class EngineLoop:
@@ -168,13 +164,13 @@ class EngineLoop:
                     break
                 except QueueFullError as full:
                     if full.policy != "block" or non_blocking:
-                        raise SubmitRejected(grpc.StatusCode.RESOURCE_EXHAUSTED, full.message) from None
+                        raise SubmitRejected(*status_of_refusal(full)) from None
                 await self._wait_for_room(deadline)
         except BaseException as err:
             if self._streams.get(spec.request_id) is stream:
                 del self._streams[spec.request_id]
-            if isinstance(err, InvalidRequestError):
-                raise SubmitRejected(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
+            if isinstance(err, RequestRefused):
+                raise SubmitRejected(*status_of_refusal(err)) from None
             raise
         if self._telemetry is not None:
             self._telemetry.request_queued(spec)
@@ -252,7 +248,7 @@ class EngineLoop:
             if stream is None:
                 continue
             if output.error is not None:
-                code, message = status_of_error(output.error)
+                code, message = status_of_end(output.error)
                 stream.fail(code, message)
             else:
                 stream.push(output)
@@ -281,7 +277,7 @@ class EngineLoop:
             logger.warning("worker group lost its KV cache: every live sequence will be recomputed")
         if self._group.state in _REFUSING and self._streams:
             self._fail_all(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
-        expired = scheduler.expire_deadlines(time.time())
+        expired = scheduler.expire_deadlines()
         if expired:
             self._route(expired)
             self._signal_room()

@@ -44,15 +44,18 @@ def sampling_from_proto(params: common_pb2.SamplingParams) -> SamplingOptions:
     )
 
 
-def spec_from_submit(request: scheduler_pb2.SubmitRequest, default_priority: int) -> RequestSpec:
-    """The core's RequestSpec for a validated SubmitRequest."""
+def spec_from_submit(
+    request: scheduler_pb2.SubmitRequest, default_priority: int, timeout_s: float | None
+) -> RequestSpec:
+    """The core's RequestSpec for a validated SubmitRequest whose call has timeout_s left (the
+    remaining time of its gRPC deadline; None without one)."""
     return RequestSpec(
         request_id=request.request_id,
         prompt_token_ids=list(request.prompt_token_ids),
         sampling=sampling_from_proto(request.sampling),
         priority=request.priority if request.HasField("priority") else default_priority,
         priority_class=_PRIORITY_CLASS[request.priority_class],
-        deadline=request.deadline_unix_ms / 1000.0 if request.deadline_unix_ms else None,
+        timeout_s=timeout_s,
         client_id=request.client_id,
         arrival_time=time.monotonic(),
         resumed_output_token_ids=list(request.resumed_output_token_ids),

@@ -22,12 +22,6 @@ from infermesh_scheduler.worker_group import GroupFull, NameTaken, WorkerGroup
 logger = logging.getLogger(__name__)
 
 
-def _monotonic_deadline(deadline_unix_ms: int) -> float | None:
-    if not deadline_unix_ms:
-        return None
-    return time.monotonic() + (deadline_unix_ms / 1000.0 - time.time())
-
-
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     """Turns RPCs into calls on the engine loop and the worker group."""
 
@@ -54,13 +48,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> AsyncIterator[scheduler_pb2.SubmitResponse]:
         try:
             validate_submit(request, self._limits)
-            deadline = _monotonic_deadline(request.deadline_unix_ms)
-            if deadline is not None and deadline <= time.monotonic():
+            # The request's deadline is this call's gRPC deadline: time left, not a wall-clock
+            # instant from another host's clock.
+            timeout_s = context.time_remaining()
+            if timeout_s is not None and timeout_s <= 0:
                 raise SubmitRejected(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "deadline_unix_ms is already in the past when the request arrived",
+                    "the request's deadline passed before it reached the scheduler",
                 )
-            spec = spec_from_submit(request, self._default_priority)
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            spec = spec_from_submit(request, self._default_priority, timeout_s)
             stream = await self._engine.submit(spec, request.non_blocking, deadline)
             if self._telemetry is not None:
                 self._telemetry.request_described(request.request_id, request.operation)

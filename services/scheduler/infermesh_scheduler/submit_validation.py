@@ -76,5 +76,10 @@ def validate_submit(request: scheduler_pb2.SubmitRequest, limits: ModelLimits) -
     if request.priority_class not in common_pb2.PriorityClass.values():
         allowed = ", ".join(common_pb2.PriorityClass.keys())
         raise _invalid(f"priority_class {request.priority_class} is unknown: use one of {allowed}")
+    if request.deadline_unix_ms:
+        raise _invalid(
+            "deadline_unix_ms is no longer read (a wall-clock instant breaks with clock skew between "
+            "hosts): leave it 0 and set the gRPC deadline (timeout) of the Submit call instead"
+        )
     if s.n > 1 and request.resumed_output_token_ids:
         raise _invalid("resumed_output_token_ids needs sampling.n == 1: a resumed request has one completion")

@@ -1,7 +1,13 @@
 """The scheduler's core: pure-Python continuous batching over paged KV blocks (no I/O)."""
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
-from infermesh_scheduler.core.errors import InvalidRequestError, QueueFullError
+from infermesh_scheduler.core.errors import (
+    EndReason,
+    InvalidRequestError,
+    QueueFullError,
+    Refusal,
+    RequestRefused,
+)
 from infermesh_scheduler.core.load import LoadSnapshot
 from infermesh_scheduler.core.request import (
     AdmissionError,
@@ -24,12 +30,15 @@ from infermesh_scheduler.core.step_plan import (
 __all__ = [
     "AdmissionError",
     "BlockMove",
+    "EndReason",
     "FinishReason",
     "InvalidRequestError",
     "LoadSnapshot",
     "NewSequence",
     "PriorityClass",
     "QueueFullError",
+    "Refusal",
+    "RequestRefused",
     "RequestOutput",
     "RequestSpec",
     "RunningSequence",

@@ -6,6 +6,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from infermesh_scheduler.core.errors import EndReason
+
 
 class PriorityClass(enum.IntEnum):
     """Latency class (seed 002): a smaller value is served first under every policy."""
@@ -53,8 +55,9 @@ class RequestSpec:
     # Larger runs first under the priority policy; None takes the scheduler's default_priority.
     priority: int | None
     priority_class: PriorityClass
-    # Absolute wall-clock deadline (time.time() seconds); None means none.
-    deadline: float | None
+    # Seconds the request may take, counted from arrival_time: the remaining time of its gRPC
+    # deadline when it arrived (never a wall-clock instant from another host); None means none.
+    timeout_s: float | None
     client_id: str
     # time.monotonic() seconds when the request arrived.
     arrival_time: float
@@ -79,9 +82,9 @@ class Usage:
 
 @dataclass(slots=True)
 class AdmissionError:
-    """Why the scheduler ended a request itself: a gRPC status code name and a message."""
+    """Why the scheduler ended a request itself, and a message a person can act on."""
 
-    code: str
+    reason: EndReason
     message: str
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
 from infermesh_scheduler.core.cost_model import StepCostModel
-from infermesh_scheduler.core.errors import InvalidRequestError, QueueFullError
+from infermesh_scheduler.core.errors import EndReason, InvalidRequestError, QueueFullError
 from infermesh_scheduler.core.request import (
     AdmissionError,
     FinishReason,
@@ -27,17 +27,15 @@ class RequestTable:
         config: SchedulerCoreConfig,
         cost: StepCostModel,
         clock: Callable[[], float],
-        wall_clock: Callable[[], float],
     ) -> None:
         self._cfg = config
         self._cost = cost
         self._clock = clock
-        self._wall_clock = wall_clock
         self.requests: dict[str, RequestState] = {}
         self.num_queued = 0  # requests not yet started: what max_queue_size bounds
         self._next_seq_id = 1
         self._next_arrival = 0
-        # (wall-clock deadline, arrival number, request) of requests that carry a deadline.
+        # (deadline on the scheduler's clock, arrival number, request) of requests given a timeout.
         self._deadlines: list[tuple[float, int, RequestState]] = []
 
     # ------------------------------------------------------------------ admission
@@ -66,7 +64,7 @@ class RequestTable:
             raise QueueFullError(policy, f"{where}; queue_overflow_policy=drop_newest rejected this request")
         oldest = min((s for s in waiting if not s.request.started), key=lambda s: s.request.arrival_seq)
         error = AdmissionError(
-            "RESOURCE_EXHAUSTED",
+            EndReason.DROPPED_FOR_NEWER,
             f"{where}; queue_overflow_policy=drop_oldest dropped this request, the oldest waiting one, "
             f"for request {spec.request_id!r}",
         )
@@ -79,8 +77,8 @@ class RequestTable:
         self._next_arrival += 1
         # None means the client left it unset (proto `optional int32 priority`).
         priority = cfg.default_priority if spec.priority is None else spec.priority
-        if spec.deadline is not None:
-            deadline_mono = spec.deadline - self._wall_clock() + self._clock()
+        if spec.timeout_s is not None:
+            deadline_mono = spec.arrival_time + spec.timeout_s
         else:
             expected = self._cost.service_time(len(spec.prompt_token_ids), spec.sampling.max_tokens)
             deadline_mono = spec.arrival_time + max(cfg.min_deadline_s, cfg.deadline_multiplier * expected)
@@ -103,8 +101,8 @@ class RequestTable:
         seq = self.new_sequence(req, 0, tokens, len(spec.prompt_token_ids))
         self.requests[spec.request_id] = req
         self.num_queued += 1
-        if spec.deadline is not None:
-            heapq.heappush(self._deadlines, (spec.deadline, arrival, req))
+        if spec.timeout_s is not None:
+            heapq.heappush(self._deadlines, (deadline_mono, arrival, req))
         return seq
 
     def new_sequence(self, req: RequestState, index: int, tokens: list[int], num_prompt: int) -> Sequence:
@@ -128,19 +126,19 @@ class RequestTable:
             self.num_queued -= 1
 
     # ------------------------------------------------------------------ ending
-    def expired(self, now_wall: float) -> list[tuple[RequestState, AdmissionError]]:
-        """Live requests whose absolute deadline (time.time() seconds) has passed, with the error
+    def expired(self, now: float) -> list[tuple[RequestState, AdmissionError]]:
+        """Live requests whose timeout ran out by `now` (the scheduler's clock), with the error
         that ends them; looks only at the deadlines that passed."""
         out: list[tuple[RequestState, AdmissionError]] = []
         heap = self._deadlines
-        while heap and heap[0][0] < now_wall:
+        while heap and heap[0][0] < now:
             deadline, _, req = heapq.heappop(heap)
             if self.requests.get(req.spec.request_id) is not req:
                 continue  # already ended
             error = AdmissionError(
-                "DEADLINE_EXCEEDED",
-                f"request {req.spec.request_id!r} passed its deadline {now_wall - deadline:.3f} s ago "
-                "before it finished",
+                EndReason.DEADLINE,
+                f"request {req.spec.request_id!r} passed its deadline: it did not finish within its "
+                f"timeout of {req.spec.timeout_s:.3f} s (ran out {now - deadline:.3f} s ago)",
             )
             out.append((req, error))
         return out

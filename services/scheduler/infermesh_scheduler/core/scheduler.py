@@ -40,7 +40,6 @@ class Scheduler:
         self,
         config: SchedulerCoreConfig,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         config.validate()
         self.config = config
@@ -50,7 +49,7 @@ class Scheduler:
         self._cost = StepCostModel(
             fixed_s=target_s / 2, per_token_s=target_s / 2 / config.max_tokens_per_step
         )
-        self._table = RequestTable(config, self._cost, clock, wall_clock)
+        self._table = RequestTable(config, self._cost, clock)
         self._requests = self._table.requests
         self._waiting = WaitingQueue(config.policy)
         self._running: list[Sequence] = []  # kept sorted by rank
@@ -85,10 +84,10 @@ class Scheduler:
         req = self._requests.get(request_id)
         return [] if req is None else self._end(req, None)
 
-    def expire_deadlines(self, now_wall: float) -> list[RequestOutput]:
-        """End every request whose absolute deadline (time.time() seconds) has passed."""
+    def expire_deadlines(self, now: float | None = None) -> list[RequestOutput]:
+        """End every request whose timeout ran out by `now` (the scheduler's clock; now by default)."""
         outputs: list[RequestOutput] = []
-        for req, error in self._table.expired(now_wall):
+        for req, error in self._table.expired(self._clock() if now is None else now):
             outputs.extend(self._end(req, error))
         return outputs
 
