@@ -8,8 +8,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from infermesh_scheduler.core.errors import InvalidRequestError, QueueFullError
+from infermesh_scheduler.core.errors import EndReason, RequestRefused
 from infermesh_scheduler.core.request import PriorityClass, RequestSpec, SamplingOptions
+from infermesh_scheduler.status_table import END_STATUS, REFUSAL_STATUS
 
 from infermesh_cli.simulate.sim_config import SimConfig
 from infermesh_cli.simulate.sim_frontend import SimFrontend
@@ -140,7 +141,7 @@ class Simulation:
                         record.finish_s = when + hop_out
                         record.cached_prompt_tokens = out.usage.cached_prompt_tokens
                         if out.error is not None:
-                            record.error = out.error.code
+                            record.error = END_STATUS[out.error.reason].name
                         entry[1].finish_at(when + hop_in, replica.address)
                         del records[out.request_id]
             elif kind == _ARRIVAL:
@@ -208,37 +209,26 @@ class Simulation:
         spec = RequestSpec(
             request_id=f"r{request.index}",
             prompt_token_ids=request.prompt_token_ids,
-            sampling=SamplingOptions(
-                temperature=0.0,
-                top_p=1.0,
-                top_k=0,
-                min_p=0.0,
-                seed=None,
-                max_tokens=request.output_len,
-                stop_token_ids=(),
-                ignore_eos=True,
-            ),
+            sampling=SamplingOptions.greedy(request.output_len, ignore_eos=True),
             priority=klass.priority,
             priority_class=PriorityClass.LATENCY_CRITICAL
             if klass.latency_critical
             else PriorityClass.THROUGHPUT,
-            deadline=None,
+            timeout_s=None,
             client_id=klass.name,
             arrival_time=self.now,
         )
         try:
             dropped = replica.scheduler.add_request(spec)
-        except QueueFullError:
-            record.error = "RESOURCE_EXHAUSTED"
-        except InvalidRequestError:
-            record.error = "INVALID_ARGUMENT"
+        except RequestRefused as refused:
+            record.error = REFUSAL_STATUS[refused.reason].name
         else:
             replica.requests += 1
             self._records[spec.request_id] = (record, frontend, replica)
             for out in dropped:  # drop_oldest ended another request to make room
                 entry = self._records.pop(out.request_id, None)
                 if entry is not None and out.usage is not None:
-                    entry[0].error = "RESOURCE_EXHAUSTED"
+                    entry[0].error = END_STATUS[EndReason.DROPPED_FOR_NEWER].name
                     entry[0].finish_s = self.now
                     entry[1].finish_at(self.now + self.config.frontend_scheduler_s, replica.address)
             if replica.plan is None:

@@ -51,7 +51,7 @@ class SimReplica:
         self.index = index
         self.address = f"sim-scheduler-{index:05d}:50051"
         # The virtual clock is both the monotonic and the wall clock the core reads.
-        self.scheduler = Scheduler(config, clock=clock, wall_clock=clock)
+        self.scheduler = Scheduler(config, clock=clock)
         self.plan: StepPlan | None = None
         self.step_s = 0.0
         self.steps = 0

@@ -15,8 +15,9 @@ LENGTH_KINDS = ("fixed", "uniform", "lognormal", "trace")
 
 # Token ids of generated prompts: a request's first token is unique to it (so unrelated prompts
 # never share a cached block by accident), a group's prefix starts with a token unique to the group.
-_REQUEST_MARK = 1 << 40
-_GROUP_MARK = 1 << 41
+# Token ids are uint32 as on the wire (the prefix block hash is specified over uint32 ids).
+_REQUEST_MARK = 1 << 30
+_GROUP_MARK = 1 << 31
 
 
 @dataclass(slots=True, frozen=True)
