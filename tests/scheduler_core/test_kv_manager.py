@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from infermesh_scheduler.core.kv_manager import KVManager, request_worst_blocks
 from infermesh_scheduler.core.sequence import RequestState, Sequence
 
@@ -94,3 +95,30 @@ def test_swap_out_and_in_round_trip():
     kv.check_invariants([seq], [])
     kv.free(seq)
     assert kv.num_free == 8
+
+
+def test_reserve_adopt_export_for_a_sequence_moving_in():
+    kv = KVManager(make_config(block_size=4, num_blocks=8))
+    blocks = kv.reserve(10)  # 10 computed tokens elsewhere: 3 blocks to copy them into
+    assert len(blocks) == 3 and kv.num_free == 5
+    kv.check_invariants([], [])  # reserved blocks are held, by no sequence yet
+    seq = _seq(1, list(range(1, 11)))
+    seq.token_ids.append(42)  # one generated token, not computed yet
+    kv.adopt(seq, blocks, 10)
+    assert seq.block_ids == blocks and seq.num_computed_tokens == 10
+    assert kv.export_block_ids(seq) == blocks
+    kv.check_invariants([seq], [])
+    assert kv.growth(seq, 1) == 0  # the 11th token fits in the third block
+    kv.free(seq)  # handed over elsewhere again
+    assert kv.num_free == 8
+    kv.check_invariants([], [])
+
+
+def test_released_reservation_returns_its_blocks():
+    kv = KVManager(make_config(block_size=4, num_blocks=8))
+    blocks = kv.reserve(5)
+    kv.release_reserved(blocks)
+    assert kv.num_free == 8
+    kv.check_invariants([], [])
+    with pytest.raises(ValueError, match="not reserved"):
+        kv.release_reserved(blocks)

@@ -31,6 +31,8 @@ class KVManager:
         self.gpu_pool = BlockPool(config.num_blocks, config.enable_prefix_cache, cache_blocks)
         self.cpu_pool = CpuBlockPool(config.num_cpu_blocks if config.enable_swap else 0)
         self.num_blocks = config.num_blocks
+        # Blocks handed out by reserve() and not yet adopted by a sequence or released.
+        self._reserved: set[int] = set()
 
     # ------------------------------------------------------------------ counts
     @property
@@ -233,11 +235,46 @@ class KVManager:
         seq.block_ids = device
         return moves
 
+    # ------------------------------------------------------------------ moving a sequence between replicas
+    def reserve(self, num_tokens: int) -> list[int]:
+        """Fresh device blocks for num_tokens tokens of a sequence that is still elsewhere (its KV
+        is copied into them before it is admitted here with adopt()); owned by no sequence yet."""
+        blocks = self.gpu_pool.allocate(self.blocks_for(num_tokens))
+        self._reserved.update(blocks)
+        return blocks
+
+    def release_reserved(self, blocks: list[int]) -> None:
+        """Give back blocks reserve() handed out that no sequence adopted (a transfer failed)."""
+        self._take_reserved(blocks)
+        self.gpu_pool.free(blocks)
+
+    def adopt(self, seq: Sequence, blocks: list[int], num_computed_tokens: int) -> None:
+        """Make reserved blocks, already holding num_computed_tokens tokens of KV, a sequence's own."""
+        if len(blocks) * self.block_size < num_computed_tokens:
+            raise ValueError(f"{len(blocks)} blocks cannot hold {num_computed_tokens} computed tokens")
+        self._take_reserved(blocks)
+        seq.block_ids = list(blocks)
+        seq.num_computed_tokens = num_computed_tokens
+        seq.num_cached_blocks = 0
+        seq.cow_block_index = -1
+        self.cache_full_blocks(seq)
+
+    def export_block_ids(self, seq: Sequence) -> list[int]:
+        """The device blocks holding seq's computed tokens, in order (what a transfer copies)."""
+        return list(seq.block_ids[: self.blocks_for(seq.num_computed_tokens)])
+
+    def _take_reserved(self, blocks: list[int]) -> None:
+        unknown = [b for b in blocks if b not in self._reserved]
+        if unknown:
+            raise ValueError(f"blocks {unknown} were not reserved")
+        self._reserved.difference_update(blocks)
+
     # ------------------------------------------------------------------ recovery, checks
     def reset(self) -> None:
         """Forget every holder and cached prefix (the workers lost their KV)."""
         self.gpu_pool.reset()
         self.cpu_pool.reset()
+        self._reserved.clear()
 
     def check_invariants(self, running: list[Sequence], swapped: list[Sequence]) -> None:
         """Assert the pools' books match the blocks the running and swapped sequences hold."""
@@ -249,6 +286,8 @@ class KVManager:
             assert len(set(seq.block_ids)) == len(seq.block_ids), f"seq {seq.seq_id} holds a block twice"
             for b in seq.block_ids:
                 holders[b] = holders.get(b, 0) + 1
+        for b in self._reserved:
+            holders[b] = holders.get(b, 0) + 1
         cpu_held = [b for seq in swapped for b in seq.cpu_block_ids]
         self.gpu_pool.check_invariants(holders)
         self.cpu_pool.check_invariants(cpu_held)
