@@ -41,9 +41,7 @@ class _Refused(asyncio.Protocol):
     """Answers 503 at once and closes: the connection cap is reached."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        body = _error_json(
-            503, "too many open connections to this frontend; retry shortly", "service_unavailable"
-        )
+        body = _error_json("too many open connections to this frontend; retry shortly", "service_unavailable")
         head = (
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
             f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
