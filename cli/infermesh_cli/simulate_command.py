@@ -83,7 +83,11 @@ def run_simulate(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        result = Simulation(config).run()
+        simulation = Simulation(config)
+        simulation.progress = lambda t, n, wall: print(
+            f"  t={t:.0f}s simulated, {n} requests, {wall:.0f}s wall", file=sys.stderr, flush=True
+        )
+        result = simulation.run()
         summary = summarize(config, result)
         runs[label] = result
         summaries[label] = summary

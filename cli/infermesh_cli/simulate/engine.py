@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from infermesh_scheduler.core.errors import EndReason, RequestRefused
@@ -79,6 +80,8 @@ class Simulation:
         self._seq = 0
         self._records: dict[str, tuple[RequestRecord, SimFrontend, SimReplica]] = {}
         self._done: list[RequestRecord] = []
+        # Called with (simulated s, requests so far, wall s) every tenth of the duration.
+        self.progress: Callable[[float, int, float], None] | None = None
 
     def _clock(self) -> float:
         return self.now
@@ -99,6 +102,8 @@ class Simulation:
         result = SimResult([], self.replicas, 0.0, 0.0, {})
         every_tick = max(1, math.ceil(cfg.workload.duration_s / poll_s / _MAX_SERIES_POINTS))
         ticks = 0
+        report_every = cfg.workload.duration_s / 10
+        next_report = report_every
         stop_at = cfg.workload.duration_s + cfg.max_drain_s
 
         t0 = perf()
@@ -181,6 +186,9 @@ class Simulation:
                 core_s += self._submit(request, record, frontend, replica)
             else:
                 ticks += 1
+                if self.progress is not None and when >= next_report:
+                    next_report += report_every
+                    self.progress(when, len(self._done), perf() - wall_start)
                 t0 = perf()
                 self._poll(result, record=ticks % every_tick == 0)
                 polling_s += perf() - t0
