@@ -20,6 +20,7 @@ def write_plots(out_dir: Path, runs: dict[str, SimResult]) -> list[Path]:
 
     matplotlib.use("Agg")  # files only: no display on a server
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -27,14 +28,20 @@ def write_plots(out_dir: Path, runs: dict[str, SimResult]) -> list[Path]:
 
     fig, axes = plt.subplots(1, len(_METRICS), figsize=(5 * len(_METRICS), 4))
     for ax, (_, title, fn) in zip(axes, _METRICS, strict=True):
+        low, high = float("inf"), 0.0
         for label, result in runs.items():
             values = sorted(v for v in (fn(r) for r in completed(result.records)) if v == v)
             if values:
                 ys = [(i + 1) / len(values) for i in range(len(values))]
                 ax.step(values, ys, where="post", label=label)
+                low, high = min(low, values[0]), max(high, values[-1])
         ax.set_xlabel(title)
         ax.set_ylabel("fraction of requests")
-        ax.set_xscale("log")
+        if 0 < low and high > 20 * low:  # a log axis only when the values span decades
+            ax.set_xscale("log")
+            # Plain numbers at the decades only: minor labels on a log axis overlap.
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle("latency CDFs")
@@ -61,6 +68,7 @@ def write_plots(out_dir: Path, runs: dict[str, SimResult]) -> list[Path]:
         )
         fig.colorbar(image, ax=heat, label="requests on replica")
         heat.set_ylabel("replica")
+        heat.yaxis.set_major_locator(MaxNLocator(integer=True))
         heat.set_title(f"load per replica over time ({label})")
         mins = [min(row) for row in result.series_requests]
         means = [sum(row) / len(row) for row in result.series_requests]
