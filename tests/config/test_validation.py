@@ -217,10 +217,10 @@ def test_seed_003_tp_times_pp_over_total_gpus(llama_dir, write_file):
 def test_enforce_eager_is_accepted_as_not_applicable(llama_dir, write_file):
     path = write_file("s.yaml", f"model_path: {llama_dir}\nmemory_config: {{enforce_eager: true}}\n")
     cfg = resolve_config("scheduler", ["--config-file", str(path)])
-    assert cfg.notes == [
+    assert cfg.notes == (
         "memory_config.enforce_eager is not applicable: "
-        "infermesh always runs the model eagerly (no CUDA graphs)"
-    ]
+        "infermesh always runs the model eagerly (no CUDA graphs)",
+    )
 
 
 def test_swap_space_gib_becomes_cpu_blocks(llama_dir, write_file):
@@ -255,3 +255,37 @@ def test_validate_shows_not_applicable_notes(llama_dir, write_file, capsys):
         "note: memory_config.enforce_eager is not applicable: "
         "infermesh always runs the model eagerly (no CUDA graphs)\n"
     )
+
+
+def test_frontend_discovery_and_port_rules_are_checked_at_load(llama_dir):
+    base = ["--model-path", str(llama_dir)]
+    with pytest.raises(ConfigError) as err:
+        resolve_config("frontend", [*base, "--discovery", "dns", "--dns-name", "schedulers"])
+    assert err.value.causes == [
+        "dns_name must be HOST:PORT resolving to every scheduler replica "
+        "(expected host:port, got 'schedulers')"
+    ]
+    with pytest.raises(ConfigError) as err:
+        resolve_config(
+            "frontend",
+            [
+                *base,
+                "--discovery",
+                "redis",
+                "--redis-url",
+                "redis://r:6379/0",
+                "--scheduler-addresses",
+                "a:1",
+            ],
+        )
+    assert err.value.causes == [
+        "scheduler_addresses only applies when discovery is 'static' (it is 'redis'): "
+        "remove scheduler_addresses or set discovery"
+    ]
+    with pytest.raises(ConfigError) as err:
+        resolve_config(
+            "frontend", [*base, "--scheduler-addresses", "a:1", "--port", "9000", "--http-port", "9000"]
+        )
+    assert err.value.causes == [
+        "http_port 9000 is also the gRPC port or the metrics port; give the HTTP API a port of its own"
+    ]

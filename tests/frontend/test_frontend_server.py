@@ -21,8 +21,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from infermesh.v1 import common_pb2, frontend_pb2, frontend_pb2_grpc
 from infermesh_cli.demo_tokenizer import build_demo_tokenizer, write_tokenizer_files
-from infermesh_frontend.server import FrontendServer, FrontendSettings
+from infermesh_frontend.server import FrontendServer
 from infermesh_frontend.tokenizer import FrontendTokenizer
+from infermesh_shared.config import config_from_options
 
 from tests.frontend.fake_scheduler import (
     FakeScheduler,
@@ -97,7 +98,9 @@ def _start_frontend(
     loop: LoopThread, model_dir: Path, addresses: list[str], metrics_port: int = 0
 ) -> tuple[FrontendServer, str]:
     async def start() -> FrontendServer:
-        settings = FrontendSettings(
+        settings = config_from_options(
+            "frontend",
+            port=0,
             model_path=str(model_dir),
             scheduler_addresses=addresses,
             default_max_tokens=16,

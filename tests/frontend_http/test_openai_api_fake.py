@@ -17,8 +17,9 @@ import openai
 import pytest
 from infermesh.v1 import common_pb2
 from infermesh_cli.demo_tokenizer import build_demo_tokenizer, write_tokenizer_files
-from infermesh_frontend.server import FrontendServer, FrontendSettings
+from infermesh_frontend.server import FrontendServer
 from infermesh_frontend.tokenizer import FrontendTokenizer
+from infermesh_shared.config import config_from_options
 from infermesh_shared.telemetry import flush_tracing, init_tracing, shutdown_tracing
 from infermesh_shared.telemetry import semconv as sc
 
@@ -60,7 +61,9 @@ def fake_server(loop: LoopThread) -> Iterator[tuple[FakeScheduler, str]]:
 
 def _start_frontend(loop: LoopThread, model_dir: Path, addresses: list[str]) -> FrontendServer:
     async def start() -> FrontendServer:
-        settings = FrontendSettings(
+        settings = config_from_options(
+            "frontend",
+            port=0,
             model_path=str(model_dir),
             scheduler_addresses=addresses,
             http_port=free_port(),

@@ -12,7 +12,8 @@ import grpc
 import pytest
 from infermesh.v1 import common_pb2, frontend_pb2, frontend_pb2_grpc, scheduler_pb2
 from infermesh_cli.demo_tokenizer import build_demo_tokenizer, write_tokenizer_files
-from infermesh_frontend.server import FrontendServer, FrontendSettings
+from infermesh_frontend.server import FrontendServer
+from infermesh_shared.config import config_from_options
 
 from tests.frontend.fake_scheduler import FakeScheduler, LoopThread, start_fake_scheduler
 
@@ -82,7 +83,9 @@ def run_cluster(
         addresses.append(f"127.0.0.1:{port}")
 
     async def start() -> FrontendServer:
-        settings = FrontendSettings(
+        settings = config_from_options(
+            "frontend",
+            port=0,
             model_path=str(model_dir),
             scheduler_addresses=addresses,
             dispatch_policy="least_load",

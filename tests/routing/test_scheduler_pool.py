@@ -12,7 +12,8 @@ import pytest
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 from infermesh_frontend.routing import ReplicaHealth
 from infermesh_frontend.scheduler_pool import NoSchedulerError, RequestContext, SchedulerPool
-from infermesh_shared.discovery import RedisRegistration, make_discovery
+from infermesh_shared.config.typed import FrontendRoutingConfig
+from infermesh_shared.discovery import RedisRegistration, StaticDiscovery, make_discovery
 from infermesh_shared.prefix_hash import first_block_hash
 
 from tests.frontend.fake_scheduler import FakeScheduler, LoopThread, start_fake_scheduler
@@ -83,9 +84,11 @@ def wait_until(condition, timeout_s: float = 5.0) -> None:
 
 def make_pool(loop: LoopThread, addresses=(), policy="least_load", **kwargs) -> SchedulerPool:
     async def build() -> SchedulerPool:
-        pool = SchedulerPool(
-            addresses, policy, load_poll_interval_ms=50, health_check_interval_ms=200, **kwargs
+        routing = FrontendRoutingConfig(
+            dispatch_policy=policy, load_poll_interval_ms=50, health_check_interval_ms=200
         )
+        discovery = kwargs.pop("discovery", None) or StaticDiscovery(list(addresses))
+        pool = SchedulerPool(routing, discovery, **kwargs)
         await pool.start()
         return pool
 

@@ -1,32 +1,34 @@
-"""SchedulerCoreConfig from the flat settings, its validation, and the benchmark's shape."""
+"""SchedulerCoreConfig from the loaded scheduler config, its validation, and the benchmark's shape."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 from infermesh_cli.scheduler_bench import run_scheduler_bench
 from infermesh_scheduler.core import SchedulerCoreConfig
+from infermesh_shared.config import config_from_options
+
+from tests.config.conftest import LLAMA3_8B_CONFIG, LLAMA3_GENERATION_CONFIG, write_model_dir
 
 
-def settings(**overrides):
-    values = dict(
-        block_size=16,
+@pytest.fixture
+def llama_dir(tmp_path):
+    return write_model_dir(tmp_path / "llama", LLAMA3_8B_CONFIG, LLAMA3_GENERATION_CONFIG)
+
+
+def scheduler_config(llama_dir, **overrides):
+    options = dict(
+        model_path=str(llama_dir),
+        max_model_len=2048,
         max_batch_size=8,
         max_tokens_per_step=1024,
-        max_model_len=0,
-        enable_prefix_cache=True,
         prefix_cache_capacity=5000,
         enable_cow=True,
-        enable_preemption=True,
         preemption_threshold=2,
-        enable_swap=False,
         policy="edf",
         default_priority=3,
         max_queue_size=10,
         queue_overflow_policy="drop_oldest",
         chunked_prefill="dynamic",
-        chunk_size=128,
         min_chunk_size=16,
         max_chunk_size=512,
         target_step_time_ms=20.0,
@@ -34,30 +36,35 @@ def settings(**overrides):
         min_deadline_s=0.1,
         port=1234,
     )
-    values.update(overrides)
-    return SimpleNamespace(**values)
+    return config_from_options("scheduler", **options | overrides)
 
 
-META = SimpleNamespace(max_position_embeddings=2048, eos_token_ids=[2, 7], vocab_size=1000)
-
-
-def test_from_settings_reads_flat_keys_and_model_metadata():
-    cfg = SchedulerCoreConfig.from_settings(settings(), META, num_blocks=300, num_cpu_blocks=40)
+def test_from_config_takes_the_core_slice_and_model_metadata(llama_dir):
+    cfg = SchedulerCoreConfig.from_config(scheduler_config(llama_dir), num_blocks=300, num_cpu_blocks=40)
     assert cfg.num_blocks == 300 and cfg.num_cpu_blocks == 40
-    assert cfg.max_model_len == 2048 and cfg.eos_token_ids == (2, 7) and cfg.vocab_size == 1000
+    assert (
+        cfg.max_model_len == 2048
+        and cfg.eos_token_ids == (128001, 128008, 128009)
+        and cfg.vocab_size == 128256
+    )
     assert cfg.policy == "edf" and cfg.queue_overflow_policy == "drop_oldest" and cfg.default_priority == 3
     assert cfg.chunked_prefill == "dynamic" and cfg.target_step_time_ms == 20.0
-    smaller = SchedulerCoreConfig.from_settings(settings(max_model_len=512), META, 300, 0)
-    assert smaller.max_model_len == 512
+    assert cfg.max_inflight_plans == 1  # 0 in the config: one plan per pipeline stage
+    whole = SchedulerCoreConfig.from_config(scheduler_config(llama_dir, max_model_len=0), 300, 0)
+    assert whole.max_model_len == 8192  # 0: the model's max_position_embeddings, resolved at load
 
 
-def test_invalid_combinations_are_refused():
+def test_invalid_combinations_are_refused(llama_dir):
     with pytest.raises(ValueError, match="enable_swap needs num_cpu_blocks"):
-        SchedulerCoreConfig.from_settings(settings(enable_swap=True), META, num_blocks=300, num_cpu_blocks=0)
+        SchedulerCoreConfig.from_config(
+            scheduler_config(llama_dir, enable_swap=True), num_blocks=300, num_cpu_blocks=0
+        )
     with pytest.raises(ValueError, match="policy must be one of"):
         SchedulerCoreConfig(policy="random")
     with pytest.raises(ValueError, match="preemption_threshold"):
         SchedulerCoreConfig(num_blocks=4, preemption_threshold=4)
+    with pytest.raises(ValueError, match=r"min_chunk_size \(64\) must be <= max_chunk_size \(32\)"):
+        SchedulerCoreConfig(min_chunk_size=64, max_chunk_size=32)
 
 
 def test_bench_reports_per_step_time():

@@ -8,14 +8,15 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from infermesh_shared.config import load_config
-from infermesh_shared.grpc_transport import EXIT_PORT_IN_USE, PortInUseError
+from infermesh_shared.config import FrontendConfig, load_config
+from infermesh_shared.grpc_transport import EXIT_PORT_IN_USE, PortInUseError, TlsConfigError
 from infermesh_shared.telemetry.genai_metrics import start_genai_metrics, stop_genai_metrics
 from infermesh_shared.telemetry.grpc_aio_interceptors import aio_client_interceptors, aio_server_interceptors
 from infermesh_shared.telemetry.structured_logging import configure_service_logging
 from infermesh_shared.telemetry.tracing import init_tracing, shutdown_tracing
 
-from infermesh_frontend.server import FrontendServer, FrontendSettings, UnsupportedOptionError
+from infermesh_frontend.client_auth import ApiKeyConfigError
+from infermesh_frontend.server import FrontendServer
 from infermesh_frontend.tokenizer import TokenizerLoadError
 
 logger = logging.getLogger("infermesh_frontend")
@@ -23,12 +24,14 @@ logger = logging.getLogger("infermesh_frontend")
 EXIT_BAD_CONFIG = 2
 
 
-async def _serve(settings: FrontendSettings) -> None:
-    server = FrontendServer(settings)
+async def _serve(cfg: FrontendConfig) -> None:
+    server = FrontendServer(
+        cfg, client_interceptors=aio_client_interceptors(), server_interceptors=aio_server_interceptors()
+    )
     port = await server.start()
-    print(f"frontend listening on {settings.host}:{port}", flush=True)
+    print(f"frontend listening on {cfg.host}:{port}", flush=True)
     if server.http_server is not None:
-        print(f"frontend http listening on {settings.host}:{server.http_server.port}", flush=True)
+        print(f"frontend http listening on {cfg.host}:{server.http_server.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -52,14 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     start_genai_metrics(cfg.service_name, cfg.tracing_exporter, cfg.otlp_endpoint)
     try:
-        settings = FrontendSettings.from_config(cfg)
-        settings.client_interceptors = aio_client_interceptors()
-        settings.server_interceptors = aio_server_interceptors()
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(cfg))
     except PortInUseError as error:
         sys.stderr.write(f"Error: {error}\n")
         return EXIT_PORT_IN_USE
-    except (UnsupportedOptionError, TokenizerLoadError) as error:
+    except (TlsConfigError, ApiKeyConfigError, TokenizerLoadError) as error:
         sys.stderr.write(f"Error: Configuration validation failed\n  Caused by: {error}\n")
         return EXIT_BAD_CONFIG
     finally:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from infermesh.v1 import frontend_pb2, scheduler_pb2
+from infermesh_shared.config.typed import FrontendRequestConfig
 from infermesh_shared.telemetry import semconv as sc
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
@@ -40,22 +41,20 @@ class RequestRunner:
         tokenizer: FrontendTokenizer,
         pool: SchedulerPool,
         model_info: ModelInfoSource,
-        default_max_tokens: int,
-        max_stop_strings: int,
-        request_timeout_ms: int,
-        failover_max_attempts: int = 3,
+        limits: FrontendRequestConfig,
+        failover_max_attempts: int,
+        bounds: RequestBounds,
         metrics: RequestMetrics | None = None,
-        bounds: RequestBounds | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.model_info = model_info
         self._pool = pool
-        self._default_max_tokens = default_max_tokens
-        self._max_stop_strings = max_stop_strings
-        self._request_timeout_ms = request_timeout_ms
+        self._default_max_tokens = limits.default_max_tokens
+        self._max_stop_strings = limits.max_stop_strings
+        self._request_timeout_ms = limits.request_timeout_ms
         self._metrics = metrics
         self._failover_max_attempts = failover_max_attempts
-        self._bounds = bounds or RequestBounds(max_stop_strings=max_stop_strings)
+        self._bounds = bounds
 
     def _served_model_name(self) -> str:
         cached = self.model_info.cached

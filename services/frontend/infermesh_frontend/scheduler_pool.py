@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
+from infermesh_shared.config.typed import FrontendRoutingConfig
 from infermesh_shared.discovery import ReplicaDiscovery, StaticDiscovery
 from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_aio_channel
 from infermesh_shared.peer_roles import SCHEDULER
@@ -34,8 +35,6 @@ from infermesh_frontend.routing.routing_metrics import RoutingMetrics
 logger = logging.getLogger(__name__)
 
 SUPPORTED_DISPATCH_POLICIES = DISPATCH_POLICIES
-DEFAULT_LOAD_POLL_INTERVAL_MS = 500
-DEFAULT_HEALTH_CHECK_INTERVAL_MS = 1000
 
 
 @dataclass(slots=True)
@@ -73,22 +72,15 @@ class SchedulerPool:
 
     def __init__(
         self,
-        addresses: Sequence[str] = (),
-        dispatch_policy: str = "round_robin",
+        routing: FrontendRoutingConfig,
+        discovery: ReplicaDiscovery,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         *,
-        discovery: ReplicaDiscovery | None = None,
-        load_poll_interval_ms: int = DEFAULT_LOAD_POLL_INTERVAL_MS,
-        health_check_interval_ms: int = DEFAULT_HEALTH_CHECK_INTERVAL_MS,
         metrics: RoutingMetrics | None = None,
         tls: TlsFiles = PLAINTEXT,
     ) -> None:
-        if discovery is None:
-            if not addresses:
-                raise ValueError("scheduler_addresses is empty: give at least one scheduler HOST:PORT")
-            discovery = StaticDiscovery(list(addresses))
-        self.dispatch_policy = dispatch_policy
-        self.policy = make_routing_policy(dispatch_policy)
+        self.dispatch_policy = routing.dispatch_policy
+        self.policy = make_routing_policy(routing.dispatch_policy)
         self.table = ReplicaTable()
         self.metrics = metrics
         if metrics is not None:
@@ -97,7 +89,7 @@ class SchedulerPool:
         self._tls = tls
         self._replicas: dict[str, SchedulerReplica] = {}
         self._block_size = 0
-        health_s = health_check_interval_ms / 1000
+        health_s = routing.health_check_interval_ms / 1000
         # How long a stream on a replica that is DOWN may stay silent before it fails over.
         self.stall_timeout_s = health_s
         self.monitor = ReplicaMonitor(
@@ -105,7 +97,7 @@ class SchedulerPool:
             self.table,
             self._fetch_load,
             # A poll is also the health check: poll at least once per health interval.
-            poll_interval_s=min(load_poll_interval_ms, health_check_interval_ms) / 1000,
+            poll_interval_s=min(routing.load_poll_interval_ms, routing.health_check_interval_ms) / 1000,
             health_timeout_s=health_s,
             discovery_interval_s=health_s,
             on_membership=self._on_membership,

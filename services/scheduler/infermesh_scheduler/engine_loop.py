@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from infermesh_shared.config import SchedulerConfig
 from infermesh_shared.telemetry import activate_span
 
 from infermesh_scheduler.core.errors import QueueFullError, RequestRefused
@@ -47,14 +48,6 @@ _ERROR_BACKOFF_S = 0.1
 _LOAD_REPORT_INTERVAL_S = 0.02
 
 
-@dataclass(slots=True, frozen=True)
-class EngineSettings:
-    """The engine loop's share of the scheduler config."""
-
-    idle_sleep_s: float
-    group_recovery_timeout_s: float
-
-
 @dataclass(slots=True)
 class _PlanInFlight:
     """A plan sent to the worker group whose results are not applied yet."""
@@ -70,7 +63,7 @@ class EngineLoop:
 
     def __init__(
         self,
-        settings: EngineSettings,
+        settings: SchedulerConfig,
         group: WorkerGroup,
         scheduler_factory: Callable[[int, int], Scheduler],
         on_load_change: Callable[[], None],
@@ -193,7 +186,7 @@ class EngineLoop:
             return self._scheduler
         if self._group.state in _REFUSING:
             raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
-        timeout = self._settings.group_recovery_timeout_s
+        timeout = self._settings.group_recovery_timeout_ms / 1000
         deadline_first = deadline is not None and deadline - time.monotonic() < timeout
         if deadline_first:
             timeout = max(0.0, deadline - time.monotonic())
@@ -327,7 +320,7 @@ class EngineLoop:
                 break
             self._send(scheduler, plan)
         if not self._in_flight:
-            await self._sleep_until_woken(self._settings.idle_sleep_s)  # wait for a change
+            await self._sleep_until_woken(self._settings.idle_sleep_ms / 1000)  # wait for a change
             return
         await self._finish_oldest(scheduler)
 

@@ -8,22 +8,6 @@ from infermesh.v1 import common_pb2
 from infermesh_shared.config.model_metadata import ModelMetadata
 
 
-class MaxModelLenError(ValueError):
-    """max_model_len asks for more positions than the model has."""
-
-
-def resolve_max_model_len(configured: int, metadata: ModelMetadata) -> int:
-    """max_model_len to serve: the configured one, or the model's max_position_embeddings when 0."""
-    if configured == 0:
-        return metadata.max_position_embeddings
-    if configured > metadata.max_position_embeddings:
-        raise MaxModelLenError(
-            f"max_model_len {configured} exceeds the model's max_position_embeddings "
-            f"{metadata.max_position_embeddings}: lower max_model_len (or 0 to use the model's)"
-        )
-    return configured
-
-
 def model_name(model_path: str) -> str:
     """The name the model is served under: its directory's name."""
     return os.path.basename(os.path.normpath(model_path))

@@ -6,17 +6,15 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
+from infermesh_shared.config import SchedulerConfig
 from infermesh_shared.config.model_metadata import ModelMetadata
 from infermesh_shared.discovery.advertised_address import advertised_address
 from infermesh_shared.discovery.redis_registration import RedisRegistration
 from infermesh_shared.grpc_server import add_health_and_reflection, health_only_server
 from infermesh_shared.grpc_transport import (
-    PLAINTEXT,
     TlsConfigError,
-    TlsFiles,
     aio_server,
     bind,
     internal_tls,
@@ -32,14 +30,14 @@ from infermesh_shared.telemetry import (
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
 from infermesh_scheduler.core.scheduler import Scheduler
-from infermesh_scheduler.engine_loop import EngineLoop, EngineSettings
-from infermesh_scheduler.model_info import build_model_info, model_name, resolve_max_model_len
+from infermesh_scheduler.engine_loop import EngineLoop
+from infermesh_scheduler.model_info import build_model_info, model_name
 from infermesh_scheduler.request_telemetry import build_scheduler_telemetry
 from infermesh_scheduler.servicer import SchedulerServicer
 from infermesh_scheduler.serving_health import ServingHealth
 from infermesh_scheduler.submit_validation import ModelLimits
 from infermesh_scheduler.worker_endpoint import WorkerEndpointError, listen_address
-from infermesh_scheduler.worker_group import WorkerGroup, WorkerGroupSettings
+from infermesh_scheduler.worker_group import WorkerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -53,36 +51,9 @@ class StartupError(Exception):
     """The service cannot start as configured; the message says what to change."""
 
 
-def group_settings(cfg: Any, max_model_len: int, tls: TlsFiles = PLAINTEXT) -> WorkerGroupSettings:
-    """The worker group's settings from the scheduler config."""
-    return WorkerGroupSettings(
-        tp_size=cfg.tp_size,
-        pp_size=cfg.pp_size,
-        num_workers=cfg.num_workers,
-        model_path=cfg.model_path,
-        dtype=cfg.dtype,
-        block_size=cfg.block_size,
-        max_model_len=max_model_len,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        config_overrides_json=cfg.custom_config or "",
-        enable_flash_attn=cfg.enable_flash_attn,
-        dist_backend=cfg.dist_backend,
-        total_blocks=cfg.total_blocks,
-        enable_swap=cfg.enable_swap,
-        num_cpu_blocks=cfg.num_cpu_blocks,
-        worker_timeout_s=cfg.worker_timeout_ms / 1000.0,
-        load_timeout_s=cfg.worker_load_timeout_ms / 1000.0,
-        recovery_timeout_s=cfg.group_recovery_timeout_ms / 1000.0,
-        tls=tls,
-    )
-
-
-async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = None) -> None:
-    """Runs the scheduler until SIGTERM/SIGINT (or `stop` is set)."""
-    try:
-        max_model_len = resolve_max_model_len(cfg.max_model_len, metadata)
-    except ValueError as err:
-        raise StartupError(str(err)) from None
+async def serve(cfg: SchedulerConfig, metadata: ModelMetadata, stop: asyncio.Event | None = None) -> None:
+    """Runs the scheduler until SIGTERM/SIGINT (or `stop` is set); cfg as load_config validated it."""
+    max_model_len = cfg.max_model_len
     try:
         tls = internal_tls(cfg, "the scheduler")
         if cfg.worker_endpoint and not tls.enabled:
@@ -91,26 +62,23 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
                 require_tls_off_loopback(worker_host, tls, cfg.insecure_plaintext, "the worker endpoint")
     except (TlsConfigError, WorkerEndpointError) as err:
         raise StartupError(str(err)) from None
-    if cfg.num_workers < cfg.tp_size * cfg.pp_size:
-        raise StartupError(
-            f"num_workers ({cfg.num_workers}) must be >= tp_size * pp_size ({cfg.tp_size * cfg.pp_size})"
-        )
 
     def build_scheduler(num_blocks: int, num_cpu_blocks: int) -> Scheduler:
-        return Scheduler(SchedulerCoreConfig.from_settings(cfg, metadata, num_blocks, num_cpu_blocks))
+        return Scheduler(SchedulerCoreConfig.from_config(cfg, num_blocks, num_cpu_blocks))
 
     def check_pool(num_blocks: int) -> str:
         # Options that depend on the pool size (preemption_threshold, ...) can only be judged once
         # the workers said how many blocks they hold.
         try:
             cpu_blocks = (cfg.num_cpu_blocks or num_blocks) if cfg.enable_swap else 0
-            SchedulerCoreConfig.from_settings(cfg, metadata, num_blocks, cpu_blocks).validate()
+            SchedulerCoreConfig.from_config(cfg, num_blocks, cpu_blocks)
         except ValueError as err:
             return f"a pool of {num_blocks} KV blocks cannot serve this configuration: {err}"
         return ""
 
     group = WorkerGroup(
-        group_settings(cfg, max_model_len, tls),
+        cfg,
+        tls,
         on_ready=lambda num_blocks, num_cpu_blocks: engine.on_group_ready(num_blocks, num_cpu_blocks),
         on_change=lambda: engine.on_group_changed(),
         check_pool=check_pool,
@@ -135,10 +103,7 @@ async def serve(cfg: Any, metadata: ModelMetadata, stop: asyncio.Event | None = 
         health_servicer, [SERVICE_NAME], cfg.max_queue_size, lambda: group.is_ready, num_waiting
     )
     engine = EngineLoop(
-        EngineSettings(
-            idle_sleep_s=cfg.idle_sleep_ms / 1000.0,
-            group_recovery_timeout_s=cfg.group_recovery_timeout_ms / 1000.0,
-        ),
+        cfg,
         group,
         build_scheduler,
         on_load_change=health.refresh,

@@ -23,7 +23,8 @@ from enum import Enum
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from infermesh.v1 import worker_pb2, worker_pb2_grpc
-from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_aio_channel
+from infermesh_shared.config import SchedulerConfig
+from infermesh_shared.grpc_transport import TlsFiles, open_aio_channel
 from infermesh_shared.peer_roles import WORKER
 from infermesh_shared.telemetry import aio_client_interceptors
 
@@ -76,37 +77,6 @@ class WorkerGroupFailure(Exception):
     """A step could not run because the group is not ready or a member failed."""
 
 
-@dataclass(slots=True, frozen=True)
-class WorkerGroupSettings:
-    """What the group needs from the scheduler config and the model metadata."""
-
-    tp_size: int
-    pp_size: int
-    num_workers: int  # group members plus standbys that may be registered at once
-    model_path: str
-    dtype: str
-    block_size: int
-    max_model_len: int
-    gpu_memory_utilization: float
-    config_overrides_json: str
-    enable_flash_attn: bool
-    dist_backend: str  # auto, gloo or nccl
-    total_blocks: int  # 0: size the pool from the workers
-    enable_swap: bool
-    num_cpu_blocks: (
-        int  # CPU swap blocks; 0 = as many as device blocks (config derives it from swap_space_gb)
-    )
-    worker_timeout_s: float
-    load_timeout_s: float  # LoadModel, InitKVCache, Reset: joining the group and reading weights
-    recovery_timeout_s: float
-    # The scheduler's certificate toward its workers (plaintext when not enabled).
-    tls: TlsFiles = PLAINTEXT
-
-    @property
-    def world_size(self) -> int:
-        return self.tp_size * self.pp_size
-
-
 @dataclass(slots=True)
 class WorkerHandle:
     """One registered worker process and the channel to it."""
@@ -142,12 +112,16 @@ class WorkerGroup:
 
     def __init__(
         self,
-        settings: WorkerGroupSettings,
+        settings: SchedulerConfig,
+        tls: TlsFiles,
         on_ready: Callable[[int, int], None],
         on_change: Callable[[], None],
         check_pool: Callable[[int], str] = lambda num_blocks: "",
     ) -> None:
         self._settings = settings
+        # The scheduler's certificate toward its workers (plaintext when not enabled).
+        self._tls = tls
+        self._world_size = settings.tp_size * settings.pp_size
         self._on_ready = on_ready
         # Says why a pool of that many blocks cannot serve this config ("" when it can).
         self._check_pool = check_pool
@@ -192,7 +166,7 @@ class WorkerGroup:
         """Why requests cannot be served now, with what to do about it."""
         if self.state is GroupState.MISCONFIGURED:
             return f"worker group cannot start: {self._misconfigured_reason}"
-        need = self._settings.world_size
+        need = self._world_size
         return (
             f"worker group is down: {len(self._workers)} of {need} workers (tp_size*pp_size) registered "
             f"and ready; start the missing infermesh-worker processes"
@@ -237,7 +211,7 @@ class WorkerGroup:
         worker_id = f"w{self._next_id}"
         channel = open_aio_channel(
             address,
-            self._settings.tls,
+            self._tls,
             server_role=WORKER,
             options=_CHANNEL_OPTIONS,
             interceptors=aio_client_interceptors(),
@@ -258,7 +232,7 @@ class WorkerGroup:
             address,
             device,
             len(self._workers),
-            self._settings.world_size,
+            self._world_size,
         )
         self._maybe_form()
         return worker_id
@@ -276,7 +250,7 @@ class WorkerGroup:
             return
         if self._probe_task is not None and not self._probe_task.done():
             return  # re-evaluated once the probe after a failure has dropped the dead
-        if len(self._workers) >= self._settings.world_size:
+        if len(self._workers) >= self._world_size:
             self._form_task = asyncio.create_task(self._form(), name="worker-group-form")
 
     def _backend(self, members: list[WorkerHandle]) -> str:
@@ -298,10 +272,10 @@ class WorkerGroup:
     async def _form_from(self, previous: GroupState) -> None:
         s = self._settings
         self.state = GroupState.FORMING
-        members = list(self._workers.values())[: s.world_size]
+        members = list(self._workers.values())[: self._world_size]
         self._members = members
         init_method = (
-            "" if s.world_size == 1 else f"tcp://{rendezvous_host(members[0].address)}:{free_tcp_port()}"
+            "" if self._world_size == 1 else f"tcp://{rendezvous_host(members[0].address)}:{free_tcp_port()}"
         )
         backend = self._backend(members)
         logger.info(
@@ -315,12 +289,13 @@ class WorkerGroup:
         try:
             await self._call_all(
                 [m for m in members if m.loaded],
-                lambda m: m.stub.Reset(worker_pb2.ResetRequest(), timeout=s.load_timeout_s),
+                lambda m: m.stub.Reset(worker_pb2.ResetRequest(), timeout=s.worker_load_timeout_ms / 1000),
             )
             loaded = await self._call_all(
                 members,
                 lambda m: m.stub.LoadModel(
-                    self._load_request(members.index(m), init_method, backend), timeout=s.load_timeout_s
+                    self._load_request(members.index(m), init_method, backend),
+                    timeout=s.worker_load_timeout_ms / 1000,
                 ),
             )
             for m in members:
@@ -336,7 +311,7 @@ class WorkerGroup:
                 members,
                 lambda m: m.stub.InitKVCache(
                     worker_pb2.InitKVCacheRequest(num_blocks=num_blocks, num_cpu_blocks=self.num_cpu_blocks),
-                    timeout=s.load_timeout_s,
+                    timeout=s.worker_load_timeout_ms / 1000,
                 ),
             )
         except _MemberCallError as err:
@@ -390,7 +365,7 @@ class WorkerGroup:
             block_size=s.block_size,
             max_model_len=s.max_model_len,
             gpu_memory_utilization=s.gpu_memory_utilization,
-            config_overrides_json=s.config_overrides_json,
+            config_overrides_json=s.custom_config or "",
             enable_flash_attn=s.enable_flash_attn,
         )
 
@@ -446,7 +421,7 @@ class WorkerGroup:
             plan.previous_step_id = self._last_sent_step
             self._last_sent_step = plan.step_id
         request = worker_pb2.ExecuteRequest(plan=plan)
-        timeout = self._settings.worker_timeout_s
+        timeout = self._settings.worker_timeout_ms / 1000
         try:
             if len(members) == 1:
                 response = await members[0].stub.Execute(request, timeout=timeout)
@@ -482,7 +457,7 @@ class WorkerGroup:
     async def _alive(self, worker: WorkerHandle) -> bool:
         try:
             await worker.health.Check(
-                health_pb2.HealthCheckRequest(), timeout=self._settings.worker_timeout_s
+                health_pb2.HealthCheckRequest(), timeout=self._settings.worker_timeout_ms / 1000
             )
         except grpc.aio.AioRpcError:
             return False
@@ -505,7 +480,7 @@ class WorkerGroup:
         self._maybe_form()
 
     async def _recovery_deadline(self) -> None:
-        await asyncio.sleep(self._settings.recovery_timeout_s)
+        await asyncio.sleep(self._settings.group_recovery_timeout_ms / 1000)
         if self.state is not GroupState.READY and self.state is not GroupState.MISCONFIGURED:
             self.state = GroupState.DOWN
             logger.error("%s (waited group_recovery_timeout_ms)", self.down_message())
@@ -513,7 +488,7 @@ class WorkerGroup:
         self._recovery_task = None
 
     async def _poll_liveness(self) -> None:
-        interval = self._settings.worker_timeout_s / 3
+        interval = self._settings.worker_timeout_ms / 1000 / 3
         while True:
             await asyncio.sleep(interval)
             if self.state is GroupState.FORMING:

@@ -11,6 +11,7 @@ from concurrent import futures
 
 import torch
 from infermesh.v1 import worker_pb2, worker_pb2_grpc
+from infermesh_shared.config import WorkerConfig
 from infermesh_shared.discovery.advertised_address import advertised_address
 from infermesh_shared.grpc_server import add_health_and_reflection, health_only_server, set_serving
 from infermesh_shared.grpc_transport import (
@@ -60,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def run(cfg) -> int:
+def run(cfg: WorkerConfig) -> int:
     """Serves until SIGTERM/SIGINT; returns the process exit code."""
     configure_service_logging(cfg)
     try:

@@ -3,14 +3,28 @@ defaults < config file (YAML/JSON, flat or grouped) < command line, then validat
 
 from .errors import ConfigError
 from .kv_sizing import blocks_for_budget, kv_block_bytes
-from .loader import Config, load_config, resolve_config
+from .loader import config_from_options, load_config, resolve_config
 from .model_metadata import ModelMetadata, ModelMetadataError, read_model_metadata
 from .schema import SERVICES, load_schema
+from .typed import (
+    CONFIG_CLASSES,
+    FrontendConfig,
+    SchedulerConfig,
+    WorkerConfig,
+    build_config,
+    replace_options,
+)
 
 __all__ = [
+    "CONFIG_CLASSES",
     "SERVICES",
-    "Config",
     "ConfigError",
+    "FrontendConfig",
+    "SchedulerConfig",
+    "WorkerConfig",
+    "build_config",
+    "config_from_options",
+    "replace_options",
     "ModelMetadata",
     "ModelMetadataError",
     "blocks_for_budget",

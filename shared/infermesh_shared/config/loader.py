@@ -13,62 +13,18 @@ from .kv_sizing import GIB, blocks_for_budget, kv_block_bytes
 from .model_metadata import ModelMetadata
 from .schema import defaults, load_schema
 from .sources import normalise, read_config_file
+from .typed import ServiceConfig, build_config, unknown_option_errors
 from .validate import validate_values
 
 
-class Config:
-    """A validated configuration: attribute access by flat key (cfg.max_batch_size)."""
-
-    __slots__ = ("service", "_values", "_sources", "notes", "model_metadata")
-
-    def __init__(
-        self,
-        service: str,
-        values: dict[str, Any],
-        sources: dict[str, str],
-        notes: list[str],
-        model_metadata: ModelMetadata | None,
-    ) -> None:
-        self.service = service
-        self._values = values
-        self._sources = sources
-        self.notes = notes  # options accepted as not applicable here: the service logs them
-        self.model_metadata = model_metadata  # scheduler only: read from model_path
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # pickle/copy probe dunders before the slots are set
-            raise AttributeError(name)
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(f"the {self.service} has no option {name!r}") from None
-
-    def __getitem__(self, name: str) -> Any:
-        return self._values[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._values
-
-    def source(self, name: str) -> str:
-        """Where an option's value came from: 'default', 'file:<path>:<key>' or 'flag'."""
-        return self._sources[name]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every option (schema order) with its resolved value."""
-        return dict(self._values)
-
-    def __repr__(self) -> str:
-        return f"Config({self.service!r}, {self._values!r})"
-
-
-def resolve_config(service: str, argv: Sequence[str], schema: dict[str, Any] | None = None) -> Config:
+def resolve_config(service: str, argv: Sequence[str], schema: dict[str, Any] | None = None) -> ServiceConfig:
     """The validated config for argv (flags, --config-file); raises ConfigError when invalid.
 
     --validate / --print-schema are accepted and ignored here; load_config acts on them."""
     schema = schema if schema is not None else load_schema(service)
     flags = parse_flags(service, schema, list(argv))
-    values = defaults(schema)
-    sources = dict.fromkeys(values, "default")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     notes: list[str] = []
     if flags.config_file:
         from_file = normalise(read_config_file(flags.config_file), schema, service)
@@ -77,15 +33,30 @@ def resolve_config(service: str, argv: Sequence[str], schema: dict[str, Any] | N
         notes += from_file.notes
     values.update(flags.values)
     sources.update(dict.fromkeys(flags.values, "flag"))
-    explicit = {key for key, where in sources.items() if where != "default"}
+    return _validated(service, schema, values, sources, notes)
 
-    validated = validate_values(service, schema, values, explicit)
+
+def config_from_options(service: str, **options: Any) -> ServiceConfig:
+    """The validated config of options given by flat name (what an embedding program or a test
+    passes instead of flags); raises ConfigError like the command line would."""
+    schema = load_schema(service)
+    errors = unknown_option_errors(service, options)
+    if errors:
+        raise ConfigError(errors)
+    return _validated(service, schema, options, dict.fromkeys(options, "argument"), [])
+
+
+def _validated(
+    service: str, schema: dict[str, Any], given: dict[str, Any], sources: dict[str, str], notes: list[str]
+) -> ServiceConfig:
+    values = defaults(schema)
+    values.update(given)
+    validated = validate_values(service, schema, values, set(given))
     if validated.errors:
         raise ConfigError([_with_origin(message, sources) for message in validated.errors])
-    ordered = {key: values[key] for key in schema["properties"] if key in values}
     if validated.metadata is not None:
-        _derive_swap_blocks(ordered, validated.metadata)
-    return Config(service, ordered, sources, notes, validated.metadata)
+        derive_from_model(values, validated.metadata)
+    return build_config(service, values, sources, notes, validated.metadata)
 
 
 def _with_origin(message: str, sources: dict[str, str]) -> str:
@@ -99,8 +70,11 @@ def _with_origin(message: str, sources: dict[str, str]) -> str:
     return message
 
 
-def _derive_swap_blocks(values: dict[str, Any], metadata: ModelMetadata) -> None:
-    # vLLM's swap_space is GiB per worker; our scheduler counts CPU blocks.
+def derive_from_model(values: dict[str, Any], metadata: ModelMetadata) -> None:
+    """Options whose 0 means "from the model": max_model_len (the model's max_position_embeddings)
+    and num_cpu_blocks (vLLM's swap_space is GiB per worker; our scheduler counts CPU blocks)."""
+    if values.get("max_model_len") == 0:
+        values["max_model_len"] = metadata.max_position_embeddings
     if values.get("enable_swap") and values.get("swap_space_gb", 0) > 0 and values.get("num_cpu_blocks") == 0:
         block_bytes = kv_block_bytes(
             metadata, values["block_size"], values["dtype"], values["tp_size"], values["pp_size"]
@@ -108,7 +82,7 @@ def _derive_swap_blocks(values: dict[str, Any], metadata: ModelMetadata) -> None
         values["num_cpu_blocks"] = blocks_for_budget(int(values["swap_space_gb"] * GIB), block_bytes)
 
 
-def load_config(service: str, argv: Sequence[str] | None = None) -> Config:
+def load_config(service: str, argv: Sequence[str] | None = None) -> ServiceConfig:
     """resolve_config for a service's main(): prints the error block and exits 2 when invalid,
     prints the schema (--print-schema) or the resolved config (--validate) and exits 0."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +207,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _did_you_mean(name: str, candidates: list[str]) -> str:
+def did_you_mean(name: str, candidates: Sequence[str]) -> str:
+    """' (did you mean 'x'?)' for the closest candidate, or '' when none is close."""
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -256,7 +257,7 @@ def normalise(raw: dict[str, Any], schema: dict[str, Any], service: str) -> Norm
             )
         else:
             errors.append(
-                f"unknown option {top!r} for the {service}{_did_you_mean(top, list(props) + section_names)}"
+                f"unknown option {top!r} for the {service}{did_you_mean(top, list(props) + section_names)}"
             )
     if errors:
         raise ConfigError(errors)
@@ -297,5 +298,5 @@ def _flatten_section(
             home = props[sub].get("x-section", "the top level")
             errors.append(f"{path}: {sub} belongs in {home} (or at the top level), not in {section}")
         else:
-            hint = _did_you_mean(sub, own + list(aliases) + list(props))
+            hint = did_you_mean(sub, own + list(aliases) + list(props))
             errors.append(f"unknown option {path!r} for the {service}{hint}")

@@ -10,6 +10,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from ..discovery.dns_discovery import split_host_port
 from .model_metadata import ModelMetadata, ModelMetadataError, parse_custom_config, read_model_metadata
 from .schema import flag_name, property_types
 
@@ -183,20 +184,26 @@ def _fits_model(values: dict[str, Any], out: Validated) -> list[str]:
     return errors
 
 
-def _chunk_bounds(values: dict[str, Any], out: Validated) -> list[str]:
-    if values["min_chunk_size"] > values["max_chunk_size"]:
-        return [
-            f"min_chunk_size ({values['min_chunk_size']}) must be <= "
-            f"max_chunk_size ({values['max_chunk_size']})"
-        ]
+def chunk_bounds_errors(min_chunk_size: int, max_chunk_size: int) -> list[str]:
+    """min_chunk_size <= max_chunk_size (the config and the scheduler core both ask this)."""
+    if min_chunk_size > max_chunk_size:
+        return [f"min_chunk_size ({min_chunk_size}) must be <= max_chunk_size ({max_chunk_size})"]
     return []
+
+
+def preemption_threshold_errors(threshold: int, num_blocks: int) -> list[str]:
+    """The blocks kept back must leave some to run with; num_blocks 0 = not sized yet."""
+    if num_blocks > 0 and threshold >= num_blocks:
+        return [f"preemption_threshold ({threshold}) must be < total_blocks ({num_blocks})"]
+    return []
+
+
+def _chunk_bounds(values: dict[str, Any], out: Validated) -> list[str]:
+    return chunk_bounds_errors(values["min_chunk_size"], values["max_chunk_size"])
 
 
 def _preemption_threshold(values: dict[str, Any], out: Validated) -> list[str]:
-    total, threshold = values["total_blocks"], values["preemption_threshold"]
-    if total > 0 and threshold >= total:
-        return [f"preemption_threshold ({threshold}) must be < total_blocks ({total})"]
-    return []
+    return preemption_threshold_errors(values["preemption_threshold"], values["total_blocks"])
 
 
 def _prefix_cache_capacity(values: dict[str, Any], out: Validated) -> list[str]:
@@ -210,9 +217,31 @@ def _prefix_cache_capacity(values: dict[str, Any], out: Validated) -> list[str]:
 
 
 def _discovery_source(values: dict[str, Any], out: Validated) -> list[str]:
-    needs = {"static": "scheduler_addresses", "dns": "dns_name", "redis": "redis_url"}[values["discovery"]]
+    discovery = values["discovery"]
+    needs = {"static": "scheduler_addresses", "dns": "dns_name", "redis": "redis_url"}[discovery]
     if not values[needs]:
-        return [f"discovery = {values['discovery']!r} needs {needs} to be set"]
+        return [f"discovery = {discovery!r} needs {needs} to be set"]
+    if discovery == "dns":
+        try:
+            split_host_port(values["dns_name"])
+        except ValueError as error:
+            return [f"dns_name must be HOST:PORT resolving to every scheduler replica ({error})"]
+    return []
+
+
+def _own_http_port(values: dict[str, Any], out: Validated) -> list[str]:
+    http_port = values["http_port"]
+    if http_port and http_port in (values["port"], values["metrics_port"]):
+        return [
+            f"http_port {http_port} is also the gRPC port or the metrics port; "
+            "give the HTTP API a port of its own"
+        ]
+    return []
+
+
+def _client_tls_certificate(values: dict[str, Any], out: Validated) -> list[str]:
+    if values["client_tls"] and not (values["tls_cert_file"] and values["tls_key_file"]):
+        return ["client_tls needs tls_cert_file and tls_key_file (the frontend's certificate)"]
     return []
 
 
@@ -233,8 +262,16 @@ CROSS_FIELD_RULES: dict[str, list[Rule]] = {
         _prefix_cache_capacity,
     ],
     "worker": [],
-    "frontend": [_tokenizer_directory, _discovery_source],
+    "frontend": [_tokenizer_directory, _discovery_source, _own_http_port, _client_tls_certificate],
 }
+
+
+def option_errors(schema: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """Schema violations of some options on their own (type, range, enum): for a component that is
+    handed a subset of a service's options (the scheduler core) rather than a whole config."""
+    props = schema["properties"]
+    subset = {"type": "object", "properties": {key: props[key] for key in values if key in props}}
+    return schema_errors(subset, values)
 
 
 def validate_values(
