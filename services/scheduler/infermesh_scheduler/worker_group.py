@@ -261,7 +261,7 @@ class WorkerGroup:
     async def _form(self) -> None:
         previous = self.state
         try:
-            with forming_span(self._settings.world_size):
+            with forming_span(self._world_size):
                 await self._form_from(previous)
         except Exception:  # a bug here must not leave the group FORMING for ever
             logger.exception("forming the worker group failed unexpectedly; waiting for workers again")
