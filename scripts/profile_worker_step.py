@@ -75,16 +75,19 @@ def main() -> int:
     paths = [("torch-gather", None)] + ([("kernel", kernel)] if kernel else [])
     for name, plan in _plans(num_blocks).items():
         samples: dict[str, list[float]] = {path: [] for path, _ in paths}
+        cpu: dict[str, list[float]] = {path: [] for path, _ in paths}
         # Paths alternate within each repeat, so a neighbour's load on a shared machine hits both.
         for repeat in range(args.repeats + 1):
             for path, fn in paths:
                 runner._paged_kernel = fn
                 runner.reset()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 runner.execute(plan)
                 if repeat:  # the first round warms caches and allocators
                     samples[path].append(time.perf_counter() - start)
+                    cpu[path].append(time.process_time() - cpu_start)
         times = {path: statistics.median(values) * 1000 for path, values in samples.items()}
+        cpu_ms = {path: statistics.median(values) * 1000 for path, values in cpu.items()}
         for path, fn in paths:
             runner._paged_kernel = fn
             runner.reset()
@@ -92,13 +95,15 @@ def main() -> int:
                 runner.execute(plan)
             line = {"step": name, "dtype": args.dtype, "path": path, "tokens": plan_tokens(plan)}
             line["ms_median"] = round(times[path], 1)
+            # CPU time of this process: with --threads 1 it is the step's work, whatever the neighbours do.
+            line["cpu_ms_median"] = round(cpu_ms[path], 1)
             print(json.dumps({**line, "top5_self_cpu": _top5(prof)}), flush=True)
         if len(times) == 2:
-            print(
-                json.dumps(
-                    {"step": name, "torch_over_kernel": round(times["torch-gather"] / times["kernel"], 2)}
-                )
-            )
+            ratios = {
+                "torch_over_kernel_wall": round(times["torch-gather"] / times["kernel"], 2),
+                "torch_over_kernel_cpu": round(cpu_ms["torch-gather"] / cpu_ms["kernel"], 2),
+            }
+            print(json.dumps({"step": name, **ratios}), flush=True)
     return 0
 
 
