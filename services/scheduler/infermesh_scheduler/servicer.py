@@ -130,3 +130,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         except NameTaken as taken:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(taken))
         return scheduler_pb2.RegisterWorkerResponse(worker_id=worker_id)
+
+    async def CheckWorker(
+        self, request: scheduler_pb2.CheckWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.CheckWorkerResponse:
+        if not self._group.is_registered(request.worker_id, request.address):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no worker {request.worker_id!r} at {request.address!r} is registered here; "
+                "call RegisterWorker again",
+            )
+        return scheduler_pb2.CheckWorkerResponse()

@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    # gRPC shares one connection (subchannel) per address among channels by default. A worker that
+    # restarts on its old address would then inherit the dead connection's "connection refused"
+    # back-off and be dropped right after registering; its own pool gives it a fresh connection.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
@@ -171,6 +175,11 @@ class WorkerGroup:
             f"worker group is down: {len(self._workers)} of {need} workers (tp_size*pp_size) registered "
             f"and ready; start the missing infermesh-worker processes"
         )
+
+    def is_registered(self, worker_id: str, address: str) -> bool:
+        """Whether the worker registered as `worker_id` from `address` is still registered (CheckWorker)."""
+        worker = self._workers.get(worker_id)
+        return worker is not None and worker.address == address
 
     # ----- registration -------------------------------------------------------------------
     async def register(self, address: str, device: str, name: str) -> str:

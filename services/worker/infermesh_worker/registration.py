@@ -6,7 +6,6 @@ import logging
 import time
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -59,32 +58,45 @@ def register_with_scheduler(
 
 
 class SchedulerWatch:
-    """Notices a scheduler that went away and came back (restarted), so the worker can register again.
+    """Notices when this worker must register again: its scheduler dropped it (a probe that failed,
+    a worker timeout) or restarted and forgot it.
 
-    A probe is a health Check; any answer, even UNIMPLEMENTED or NOT_SERVING, means the scheduler
-    process is there. Only after `lost_probes` unanswered probes in a row does an answer count as
-    "came back": a single slow probe must not make the worker re-register, which the scheduler
-    treats as a worker restart and answers by rebuilding the group.
+    A probe is CheckWorker with the id the scheduler gave us: NOT_FOUND means "register again". A
+    scheduler that does not answer `lost_probes` times in a row and then answers (restarted) is
+    asked the same question, so a slow scheduler that still knows us is left alone: registering
+    again is treated as a worker restart and rebuilds the group. A scheduler too old for CheckWorker
+    (UNIMPLEMENTED) falls back to "came back after being unreachable".
     """
 
-    def __init__(self, channel: grpc.Channel, timeout_s: float, lost_probes: int = 2) -> None:
-        self._health = health_pb2_grpc.HealthStub(channel)
+    def __init__(self, channel: grpc.Channel, address: str, timeout_s: float, lost_probes: int = 2) -> None:
+        self._address = address
+        self._stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         self._timeout_s = timeout_s
         self._lost_probes = lost_probes
         self._missed = 0
+        self.worker_id = ""
 
     def probe(self) -> bool:
-        """True when the scheduler answers after having been unreachable (time to register again)."""
+        """True when this worker should call RegisterWorker again."""
         try:
-            self._health.Check(health_pb2.HealthCheckRequest(), timeout=self._timeout_s)
+            self._stub.CheckWorker(
+                scheduler_pb2.CheckWorkerRequest(worker_id=self.worker_id, address=self._address),
+                timeout=self._timeout_s,
+            )
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            code = exc.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 self._missed += 1
                 if self._missed == self._lost_probes:
                     logger.warning(
-                        "scheduler unreachable (%s); will register again when it is back", exc.code().name
+                        "scheduler unreachable (%s); will register again when it is back", code.name
                     )
                 return False
-        came_back = self._missed >= self._lost_probes
+            came_back = self._missed >= self._lost_probes
+            self._missed = 0
+            if code == grpc.StatusCode.NOT_FOUND:
+                logger.warning("scheduler does not know this worker (%s): registering again", exc.details())
+                return True
+            return came_back and code == grpc.StatusCode.UNIMPLEMENTED
         self._missed = 0
-        return came_back
+        return False

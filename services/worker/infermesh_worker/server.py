@@ -134,10 +134,22 @@ def run(cfg: WorkerConfig) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    channel = traced_channel(open_channel(cfg.scheduler_address, tls, server_role=SCHEDULER))
+    # gRPC's reconnect back-off grows to minutes; a restarted scheduler must hear from us in about
+    # a probe interval, so the dial is retried at least every second.
+    channel = traced_channel(
+        open_channel(
+            cfg.scheduler_address,
+            tls,
+            server_role=SCHEDULER,
+            options=[("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)],
+        )
+    )
+
+    interval_s = cfg.scheduler_probe_interval_ms / 1000.0
+    watch = SchedulerWatch(channel, address, timeout_s=max(interval_s, 1.0))
 
     def register() -> None:
-        register_with_scheduler(
+        watch.worker_id = register_with_scheduler(
             channel,
             cfg.scheduler_address,
             address,
@@ -154,11 +166,8 @@ def run(cfg: WorkerConfig) -> int:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         exit_code = 1
         stop.set()
-    interval_s = cfg.scheduler_probe_interval_ms / 1000.0
-    watch = SchedulerWatch(channel, timeout_s=max(interval_s, 1.0))
     while not stop.wait(interval_s if interval_s > 0 else None):
         if watch.probe():
-            logger.warning("scheduler %s is back: registering again", cfg.scheduler_address)
             try:
                 register()
             except RegistrationTimeout as exc:
