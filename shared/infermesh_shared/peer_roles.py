@@ -30,6 +30,7 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     "/infermesh.v1.SchedulerService/GetLoad": frozenset({FRONTEND, RESCHEDULER}),
     "/infermesh.v1.SchedulerService/GetModelInfo": frozenset({FRONTEND, RESCHEDULER}),
     "/infermesh.v1.SchedulerService/RegisterWorker": frozenset({WORKER}),
+    "/infermesh.v1.SchedulerService/CheckWorker": frozenset({WORKER}),
     "/infermesh.v1.WorkerService/": frozenset({SCHEDULER}),
     "/grpc.health.v1.Health/": ANY_ROLE,
     "/grpc.reflection.v1alpha.ServerReflection/": ANY_ROLE,
