@@ -71,6 +71,15 @@ class FakeOpenAIServer:
         self._thread.join(10)
 
 
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "infermesh_cli", "bench", "--backend", "openai", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.fixture
 def fake_server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer() as server:
@@ -83,33 +92,9 @@ def test_openai_backend_reports_saves_and_plots(fake_server: FakeOpenAIServer, t
         "".join(json.dumps({"prompt": f"question {i}", "output_len": 4}) + "\n" for i in range(6))
     )
     saved, plot = tmp_path / "result.json", tmp_path / "plot.png"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "infermesh_cli",
-            "bench",
-            "--backend",
-            "openai",
-            "--base-url",
-            f"http://127.0.0.1:{fake_server.port}/v1",
-            "--dataset",
-            str(dataset),
-            "--request-rate",
-            "40",
-            "--concurrency",
-            "3",
-            "--goodput",
-            "ttft:10000",
-            "--save-result",
-            str(saved),
-            "--plot",
-            str(plot),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = ["--base-url", f"http://127.0.0.1:{fake_server.port}/v1", "--dataset", str(dataset)]
+    args += ["--request-rate", "40", "--concurrency", "3", "--goodput", "ttft:10000"]
+    result = _bench(*args, "--save-result", str(saved), "--plot", str(plot))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert (report["completed"], report["failed"], report["output_tokens"]) == (6, 0, 24)
@@ -131,21 +116,6 @@ def test_openai_backend_reports_saves_and_plots(fake_server: FakeOpenAIServer, t
 def test_unreachable_server_is_a_clear_error(tmp_path) -> None:
     from tests.free_port import free_port
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "infermesh_cli",
-            "bench",
-            "--backend",
-            "openai",
-            "--base-url",
-            f"http://127.0.0.1:{free_port()}",
-            "--disable-tqdm",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _bench("--base-url", f"http://127.0.0.1:{free_port()}", "--disable-tqdm")
     assert result.returncode != 0
     assert "cannot ask" in result.stderr and "Traceback" not in result.stderr
