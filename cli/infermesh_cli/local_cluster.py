@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_channel
 
 log = logging.getLogger(__name__)
 
+_ERROR_LINE = re.compile(r"\b(Error|ERROR|error:|refusing to serve|Traceback)")
 _LISTENING = re.compile(r"(\w+) listening on (\S+:\d+)")
 
 
@@ -86,7 +88,8 @@ class ServiceProcess:
         while not self._listening.wait(0.1):
             if self.process is not None and self.process.poll() is not None:
                 raise ServiceStartError(
-                    f"{self.name} exited with status {self.process.returncode}:\n{self.output_tail()}"
+                    f"{self.name} exited with status {self.process.returncode}: {self.first_error_line()}\n"
+                    f"{self.output_tail()}"
                 )
             if time.monotonic() > deadline:
                 raise ServiceStartError(
@@ -97,6 +100,23 @@ class ServiceProcess:
 
     def output_tail(self, lines: int = 40) -> str:
         return "\n".join(list(self._tail)[-lines:])
+
+    def first_error_line(self) -> str:
+        """The first line of its recent output that reports an error (else its last line)."""
+        lines = list(self._tail)
+        for line in lines:
+            if _ERROR_LINE.search(line):
+                return line.strip()
+        return lines[-1].strip() if lines else "(no output)"
+
+    def restart(self) -> None:
+        """Starts the same command again, on the address it announced before (clients, workers and
+        the scheduler keep dialling that one)."""
+        if self.address is not None and "--port" in self.args:
+            index = self.args.index("--port") + 1
+            self.args = [*self.args[:index], self.address.rpartition(":")[2], *self.args[index + 1 :]]
+        self._listening = threading.Event()
+        self.start()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -120,14 +140,23 @@ class ServiceProcess:
 
 
 def wait_serving(
-    address: str, timeout_s: float, service: str = "", tls: TlsFiles = PLAINTEXT, server_role: str = ""
+    address: str,
+    timeout_s: float,
+    service: str = "",
+    tls: TlsFiles = PLAINTEXT,
+    server_role: str = "",
+    give_up: Callable[[], str] | None = None,
 ) -> None:
-    """Blocks until grpc.health.v1 at `address` says SERVING."""
+    """Blocks until grpc.health.v1 at `address` says SERVING; `give_up` returns a reason to stop
+    waiting at once (e.g. the service said it will never serve)."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     with open_channel(address, tls, server_role=server_role) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            reason = give_up() if give_up is not None else ""
+            if reason:
+                raise ServiceStartError(reason)
             try:
                 status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
@@ -162,8 +191,10 @@ class ClusterSpec:
 class LocalCluster:
     """Starts and stops a scheduler, its tp·pp workers and the frontends, each in its own process."""
 
-    def __init__(self, spec: ClusterSpec) -> None:
+    def __init__(self, spec: ClusterSpec, on_stage: Callable[[str], None] | None = None) -> None:
         self.spec = spec
+        # Told one line per start-up stage (`infermesh up` prints them).
+        self._on_stage = on_stage or (lambda line: None)
         self.scheduler: ServiceProcess | None = None
         self.workers: list[ServiceProcess] = []
         self.frontends: list[ServiceProcess] = []
@@ -197,6 +228,10 @@ class LocalCluster:
     def frontend_address(self) -> str:
         assert self.frontends and self.frontends[0].address
         return self.frontends[0].address
+
+    @property
+    def schedulers(self) -> list[ServiceProcess]:
+        return [self.scheduler] if self.scheduler is not None else []
 
     @property
     def scheduler_address(self) -> str:
@@ -234,21 +269,41 @@ class LocalCluster:
                     *spec.scheduler_args,
                 ],
             )
+            self._on_stage("starting the scheduler")
             scheduler_address = self.scheduler.wait_listening(spec.start_timeout_s)
+            self._on_stage(f"scheduler listening on {scheduler_address}")
+            self._on_stage(f"starting {spec.tp_size * spec.pp_size} worker(s)")
             self.start_workers(spec.tp_size * spec.pp_size)
+            self._on_stage("workers listening; waiting for the worker group to load the model")
             # Any cluster certificate may ask the scheduler's health; the launcher holds the frontend's.
             wait_serving(
                 scheduler_address,
                 spec.start_timeout_s,
                 tls=self.role_tls("frontend"),
                 server_role="scheduler",
+                give_up=self._scheduler_refusal,
             )
+            self._on_stage("worker group ready")
             for i in range(spec.num_frontends):
+                self._on_stage("starting the frontend")
                 self.start_frontend(port=spec.frontend_port if i == 0 else 0, index=i)
             return self
         except BaseException:
             self.stop()
             raise
+
+    def _scheduler_refusal(self) -> str:
+        """Why the scheduler will never serve ('refusing to serve', a dead service), or ''."""
+        for line in self.scheduler.output_tail(200).splitlines() if self.scheduler else []:
+            if "refusing to serve" in line:
+                return "scheduler " + line[line.index("refusing to serve") :]
+        for service in [self.scheduler, *self.workers]:
+            if service is not None and service.process is not None and service.process.poll() is not None:
+                return (
+                    f"{service.name} exited with status {service.process.returncode}: "
+                    f"{service.first_error_line()}"
+                )
+        return ""
 
     def start_workers(self, count: int) -> list[ServiceProcess]:
         started = []

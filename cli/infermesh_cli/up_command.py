@@ -62,6 +62,19 @@ def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="API key clients must send (Authorization: Bearer KEY); handed to the frontend in "
         "INFERMESH_API_KEY, never on its command line",
     )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="a service that dies more often than this within --restart-window-s is not restarted "
+        "again and up exits non-zero (default 5)",
+    )
+    parser.add_argument(
+        "--restart-window-s",
+        type=float,
+        default=60.0,
+        help="window for --max-restarts in seconds (default 60)",
+    )
     parser.set_defaults(handler=run_up)
 
 
@@ -69,6 +82,7 @@ def run_up(args: argparse.Namespace) -> int:
     from infermesh_shared.grpc_transport import is_loopback
 
     from infermesh_cli.local_cluster import ClusterSpec, LocalCluster, ServiceStartError
+    from infermesh_cli.supervisor import Supervisor
 
     if args.model_path is None:
         from infermesh_cli.demo_model import ensure_demo_model
@@ -103,32 +117,57 @@ def run_up(args: argparse.Namespace) -> int:
     if args.insecure_plaintext:
         print("WARNING: internal hops run without TLS (--insecure-plaintext)", file=sys.stderr, flush=True)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    cluster = LocalCluster(spec)
+    cluster = LocalCluster(spec, on_stage=lambda line: print(line, flush=True))
     print(f"model: {model_path}\nlogs: {log_dir}", flush=True)
     if spec.tls_dir is not None:
         print(f"mTLS between the services: certificates in {spec.tls_dir}", flush=True)
+    # Ctrl-C / SIGTERM during start-up interrupts whatever start() waits on; start() stops what it
+    # started. (Start-up stays on the main thread: services die with the thread that started them.)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         cluster.start()
+    except _Interrupted:
+        print("stopped during start-up", flush=True)
+        return 130
     except ServiceStartError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # The first line says why; the services' full output is in their logs.
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr, flush=True)
+        print(f"(service logs: {log_dir})", file=sys.stderr, flush=True)
         return 1
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     print(f"frontend listening on {cluster.frontend_address}", flush=True)
+    http = _http_address(cluster)
+    if http:
+        print(f"OpenAI-compatible HTTP API on http://{http}/v1", flush=True)
+    supervisor = Supervisor(cluster, args.max_restarts, args.restart_window_s)
     try:
         while not stop.wait(0.5):
-            dead = [
-                s for s in [cluster.scheduler, *cluster.workers, *cluster.frontends] if s and not s.alive()
-            ]
-            if dead:
-                for service in dead:
-                    print(
-                        f"error: {service.name} exited unexpectedly:\n{service.output_tail()}",
-                        file=sys.stderr,
-                    )
+            reason = supervisor.check()
+            if reason:
+                print(f"error: giving up: {reason}", file=sys.stderr, flush=True)
                 return 1
     finally:
         print("stopping...", flush=True)
         cluster.stop()
     print("stopped", flush=True)
     return 0
+
+
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM while the cluster starts."""
+
+
+def _interrupt(*_: object) -> None:
+    raise _Interrupted()
+
+
+def _http_address(cluster) -> str:
+    import re
+
+    for line in cluster.frontends[0].output_tail(200).splitlines():
+        match = re.search(r"frontend http listening on (\S+:\d+)", line)
+        if match:
+            return match.group(1)
+    return ""
