@@ -31,6 +31,8 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     "/infermesh.v1.SchedulerService/GetModelInfo": frozenset({FRONTEND, RESCHEDULER}),
     "/infermesh.v1.SchedulerService/RegisterWorker": frozenset({WORKER}),
     "/infermesh.v1.SchedulerService/CheckWorker": frozenset({WORKER}),
+    # KV blocks arrive from the same rank of another group (live migration).
+    "/infermesh.v1.WorkerService/ReceiveKVBlocks": frozenset({WORKER}),
     "/infermesh.v1.WorkerService/": frozenset({SCHEDULER}),
     "/grpc.health.v1.Health/": ANY_ROLE,
     "/grpc.reflection.v1alpha.ServerReflection/": ANY_ROLE,

@@ -93,7 +93,7 @@ def run(cfg: WorkerConfig) -> int:
     runner = ModelRunner(
         device, kv_cache_memory_bytes=cfg.kv_cache_memory_bytes, dist_timeout_s=cfg.dist_timeout_ms / 1000.0
     )
-    servicer = WorkerServicer(runner, metrics)
+    servicer = WorkerServicer(runner, metrics, peer_tls=tls)
     server = sync_server(
         futures.ThreadPoolExecutor(max_workers=8),
         MAX_MESSAGE_BYTES,

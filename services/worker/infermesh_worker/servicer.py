@@ -10,10 +10,13 @@ from typing import Any
 
 import grpc
 from infermesh.v1 import worker_pb2, worker_pb2_grpc
+from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_channel
+from infermesh_shared.peer_roles import WORKER
 from infermesh_shared.telemetry import WorkerMetrics, semconv, tracing_enabled
 from opentelemetry import trace
 
-from infermesh_worker.errors import WorkerError
+from infermesh_worker import kv_transfer
+from infermesh_worker.errors import FailedPreconditionError, InvalidArgumentError, WorkerError
 from infermesh_worker.model_runner import LoadSpec, ModelRunner
 from infermesh_worker.plan_codec import decode_plan, encode_result
 from infermesh_worker.step_plan import StepPlan
@@ -31,9 +34,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     name their predecessor (previous_step_id) and are queued on that thread in that chain order,
     whatever order their calls arrive in."""
 
-    def __init__(self, runner: ModelRunner, metrics: WorkerMetrics | None = None) -> None:
+    def __init__(
+        self, runner: ModelRunner, metrics: WorkerMetrics | None = None, peer_tls: TlsFiles = PLAINTEXT
+    ) -> None:
         self.runner = runner
         self.metrics = metrics
+        # The credentials this worker presents to another group's worker (KV transfer).
+        self.peer_tls = peer_tls
         self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
         # step_id of the last plan queued on the torch thread (0 after LoadModel, InitKVCache, Reset).
         self._order = threading.Condition()
@@ -155,3 +162,60 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._restart_chain()
         self._call(context, "Reset", self.runner.reset)
         return worker_pb2.ResetResponse()
+
+    # --- KV transfer between groups (live migration); runs beside steps, not on the torch thread
+
+    def _transfer_side(self) -> tuple[kv_transfer.KVCache, kv_transfer.KVLayout]:
+        cache = self.runner.kv_cache
+        if cache is None:
+            raise FailedPreconditionError("no KV cache yet: LoadModel and InitKVCache come before a transfer")
+        return cache, kv_transfer.KVLayout.of(cache, self.runner.parallel)
+
+    def SendKVBlocks(
+        self, request: worker_pb2.SendKVBlocksRequest, context
+    ) -> worker_pb2.SendKVBlocksResponse:
+        try:
+            cache, layout = self._transfer_side()
+            src, dst = list(request.src_block_ids), list(request.dst_block_ids)
+            if len(src) != len(dst):
+                raise InvalidArgumentError(
+                    f"src_block_ids ({len(src)}) and dst_block_ids ({len(dst)}) differ in length"
+                )
+            if not request.destination_address:
+                raise InvalidArgumentError("destination_address is empty")
+            kv_transfer.check_block_ids(src, cache.num_blocks, "src_block_ids")
+            chunk = kv_transfer.resolve_chunk_bytes(request.chunk_bytes)
+        except WorkerError as exc:
+            context.abort(exc.code, str(exc))
+        messages = kv_transfer.send_stream(cache, layout, src, dst, request.transfer_id, chunk)
+        options = [("grpc.max_send_message_length", chunk + 65536)]
+        with open_channel(
+            request.destination_address, self.peer_tls, server_role=WORKER, options=options
+        ) as ch:
+            stub = worker_pb2_grpc.WorkerServiceStub(ch)
+            try:
+                received = stub.ReceiveKVBlocks(messages, timeout=context.time_remaining())
+            except grpc.RpcError as exc:
+                logger.warning(
+                    "transfer %r to %s failed: %s",
+                    request.transfer_id,
+                    request.destination_address,
+                    exc.details(),
+                )
+                context.abort(
+                    exc.code(), f"destination worker {request.destination_address}: {exc.details()}"
+                )
+        return worker_pb2.SendKVBlocksResponse(
+            num_blocks=received.num_blocks,
+            num_bytes=len(src) * layout.block_bytes,
+            block_checksums=received.block_checksums,
+        )
+
+    def ReceiveKVBlocks(self, request_iterator, context) -> worker_pb2.ReceiveKVBlocksResponse:
+        try:
+            cache, layout = self._transfer_side()
+            checksums = kv_transfer.receive_stream(cache, layout, request_iterator)
+        except WorkerError as exc:
+            logger.warning("KV transfer refused: %s", exc)
+            context.abort(exc.code, str(exc))
+        return worker_pb2.ReceiveKVBlocksResponse(num_blocks=len(checksums), block_checksums=checksums)
