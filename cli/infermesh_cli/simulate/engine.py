@@ -200,7 +200,7 @@ class Simulation:
         result.unfinished = len(records)
         result.leaked_blocks = self._final_checks(not records)
         result.wall_breakdown = {
-            "scheduler_core": core_s,
+            "replica_steps": core_s,
             "routing": routing_s,
             "load_polls": polling_s,
             "event_loop_and_bookkeeping": max(0.0, result.wall_s - core_s - routing_s - polling_s),
