@@ -155,11 +155,15 @@ def test_load_snapshot_counts_queue_blocks_and_preemptions():
     sched.add_request(make_spec("c", [3] * 5, 20))
     load = sched.load()
     assert (load.num_waiting, load.num_running, load.num_waiting_tokens) == (3, 0, 19)
+    # Nothing held yet; the queue will want 2 + 2 + 2 of the 8 blocks.
+    assert load.kv_cache_usage_ratio_projected == pytest.approx(6 / 8)
     plan = sched.schedule()
     sched.update(plan, worker.execute(plan))
     load = sched.load()
     assert (load.num_waiting, load.num_running, load.num_waiting_tokens) == (1, 2, 5)
     assert load.total_blocks == 8 and load.free_blocks == 4 and load.cached_blocks == 0
+    # a and b hold 4 blocks; c still wants 2.
+    assert load.kv_cache_usage_ratio_projected == pytest.approx(6 / 8)
     for _ in range(12):
         sched.update(plan := sched.schedule(), worker.execute(plan))
         sched.check_invariants()

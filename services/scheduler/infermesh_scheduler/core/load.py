@@ -18,3 +18,5 @@ class LoadSnapshot:
     num_waiting_tokens: int
     num_preemptions: int
     cached_prefix_hashes: list[int] = field(default_factory=list)
+    # Held blocks plus those the queue will need soon, over the pool (scheduler.proto names what).
+    kv_cache_usage_ratio_projected: float = 0.0

@@ -390,6 +390,11 @@ class Scheduler:
     def load(self) -> LoadSnapshot:
         kv = self.kv
         queued = self._table.num_queued
+        held = kv.num_blocks - kv.num_free
+        # What the queue will ask for soon: every waiting sequence's tokens (prompts and preempted
+        # ones recomputing) and the swapped sequences' blocks, which must come back to resume.
+        wanted = sum(kv.blocks_for(s.num_tokens) for s in self._waiting)
+        wanted += sum(len(s.cpu_block_ids) for s in self._swapped)
         return LoadSnapshot(
             num_waiting=queued,
             num_running=len(self._running),
@@ -402,6 +407,7 @@ class Scheduler:
             num_waiting_tokens=self._waiting.num_tokens,
             num_preemptions=self.num_preemptions,
             cached_prefix_hashes=kv.root_hashes(),
+            kv_cache_usage_ratio_projected=(held + wanted) / kv.num_blocks if kv.num_blocks else 0.0,
         )
 
     @property
