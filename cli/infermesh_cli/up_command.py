@@ -16,10 +16,27 @@ def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
         "up",
         help="start frontend, scheduler and workers locally",
         description="Starts frontend, scheduler and tp·pp workers as separate local processes and "
-        "stops them all on Ctrl-C or SIGTERM. Without --model-path it serves the built-in demo model.",
+        "stops them all on Ctrl-C or SIGTERM; the OpenAI API is on port 8000. Without MODEL it serves the "
+        "built-in demo model.",
     )
     parser.add_argument(
-        "--model-path", type=Path, help="Hugging Face model directory (default: the demo model)"
+        "model",
+        nargs="?",
+        help="model directory or Hugging Face hub id (org/name, from the local HF cache); "
+        "default: the built-in demo model",
+    )
+    parser.add_argument("--model-path", help="same as MODEL")
+    parser.add_argument(
+        "--served-model-name",
+        nargs="+",
+        metavar="NAME",
+        help="names the OpenAI API answers to (default: MODEL as given; the demo model's name without MODEL)",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=8000,
+        help="OpenAI-compatible HTTP API port (default 8000; 0 = off)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address every service binds to (default 127.0.0.1)"
@@ -33,8 +50,8 @@ def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
         "--dtype",
         choices=["auto", "bf16", "fp16", "fp32"],
         default="auto",
-        help="weights and KV dtype (default auto: bf16 where the device computes it natively, "
-        "e.g. a CPU with AVX512-BF16/AMX, else fp32 on CPU)",
+        help="weights and KV dtype (default auto: the checkpoint's where the device computes it "
+        "natively, e.g. bf16 on a CPU with AVX512-BF16/AMX, else fp32)",
     )
     parser.add_argument("--log-dir", type=Path, help="where service logs go (default: a new temp dir)")
     parser.add_argument(
@@ -82,21 +99,32 @@ def run_up(args: argparse.Namespace) -> int:
     from infermesh_shared.grpc_transport import is_loopback
 
     from infermesh_cli.local_cluster import ClusterSpec, LocalCluster, ServiceStartError
+    from infermesh_cli.model_reference import ModelNotFoundError, resolve_model
     from infermesh_cli.supervisor import Supervisor
 
-    if args.model_path is None:
+    if args.model and args.model_path and args.model != args.model_path:
+        print("error: give the model once, as MODEL or as --model-path", file=sys.stderr)
+        return 2
+    reference = args.model or args.model_path
+    served = list(args.served_model_name or [])
+    if reference is None:
         from infermesh_cli.demo_model import ensure_demo_model
 
         print("preparing the demo model (first use writes it to the cache)...", flush=True)
         model_path = ensure_demo_model()
     else:
-        model_path = args.model_path.resolve()
-        if not (model_path / "config.json").is_file():
-            print(
-                f"error: {model_path} has no config.json; --model-path takes a Hugging Face model directory",
-                file=sys.stderr,
-            )
+        try:
+            model_path, _ = resolve_model(reference)
+        except ModelNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
             return 2
+        if not served:
+            served = [reference]  # as vLLM: the model is served under the name it was given by
+    frontend_args = list(args.frontend_arg)
+    if args.http_port:
+        frontend_args += ["--http-port", str(args.http_port)]
+    if served:
+        frontend_args += ["--served-model-name", ",".join(served)]
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="infermesh-up-"))
     # The services refuse plaintext off loopback unless told, each of them, explicitly.
     insecure = ["--insecure-plaintext"] if args.insecure_plaintext and not is_loopback(args.host) else []
@@ -109,7 +137,7 @@ def run_up(args: argparse.Namespace) -> int:
         scheduler_args=["--dtype", args.dtype, *insecure, *args.scheduler_arg],
         worker_args=[*insecure, *args.worker_arg],
         # Reflection on the client port only (grpcurl against a local cluster just works).
-        frontend_args=[*insecure, "--enable-reflection", *args.frontend_arg],
+        frontend_args=[*insecure, "--enable-reflection", *frontend_args],
         log_dir=log_dir,
         tls_dir=None if args.insecure_plaintext else log_dir / "certs",
         env={**os.environ, "INFERMESH_API_KEY": args.api_key} if args.api_key else None,

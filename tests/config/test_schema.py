@@ -14,7 +14,7 @@ SEED_000_ROWS = {
     "worker_timeout_ms": 30000,
     "num_workers": 1,
     "model_path": None,  # required
-    "dtype": "bf16",
+    "dtype": "auto",
     "enable_flash_attn": True,
     "custom_config": None,
     "block_size": 16,
@@ -22,7 +22,7 @@ SEED_000_ROWS = {
     "gpu_memory_utilization": 0.9,
     "enable_prefix_cache": True,
     "prefix_cache_capacity": 100000,
-    "enable_cow": False,
+    "enable_cow": True,
     "policy": "continuous",
     "max_batch_size": 256,
     "max_tokens_per_step": 4096,

@@ -157,13 +157,13 @@ def test_x_unsupported_refuses_a_non_default_value(llama_dir):
     schema = load_schema("scheduler")
     schema["properties"]["enable_cow"]["x-unsupported"] = "copy-on-write lands with beam search"
     assert (
-        resolve_config("scheduler", ["--model-path", str(llama_dir), "--no-enable-cow"], schema).enable_cow
-        is False
+        resolve_config("scheduler", ["--model-path", str(llama_dir), "--enable-cow"], schema).enable_cow
+        is True
     )
     with pytest.raises(ConfigError) as err:
-        resolve_config("scheduler", ["--model-path", str(llama_dir), "--enable-cow"], schema)
+        resolve_config("scheduler", ["--model-path", str(llama_dir), "--no-enable-cow"], schema)
     assert err.value.causes == [
-        "enable_cow = true is not supported yet: copy-on-write lands with beam search"
+        "enable_cow = false is not supported yet: copy-on-write lands with beam search"
     ]
 
 

@@ -48,7 +48,16 @@ def _alive(pid: int) -> bool:
 def running_up(tmp_path: Path) -> Iterator[RunningUp]:
     """`infermesh up` on the demo model in a fresh cache, until it announced its frontend."""
     env = {**os.environ, "INFERMESH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    argv = ["up", "--port", "0", "--log-dir", str(tmp_path / "logs"), "--worker-arg=--num-threads=1"]
+    argv = [
+        "up",
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--worker-arg=--num-threads=1",
+    ]
     up = subprocess.Popen(
         [sys.executable, "-m", "infermesh_cli", *argv],
         stdout=subprocess.PIPE,

@@ -57,7 +57,7 @@ def test_drop_oldest_skips_requests_already_running():
         ({}, dict(prompt=[]), "prompt_token_ids is empty"),
         ({"max_model_len": 20}, dict(prompt=list(range(1, 15)), max_tokens=8), "exceeds max_model_len 20"),
         ({"vocab_size": 50}, dict(prompt=[1, 50]), "outside the vocabulary"),
-        ({}, dict(prompt=[1, 2], n=2), "enable_cow=true"),
+        ({"enable_cow": False}, dict(prompt=[1, 2], n=2), "enable_cow=true"),
         ({"num_blocks": 4}, dict(prompt=list(range(1, 14)), max_tokens=8), "KV blocks"),
         ({}, dict(prompt=[1, 2], max_tokens=3, resumed=[4, 5, 6]), "reach max_tokens"),
     ],

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 from infermesh_shared.config import SchedulerConfig
+from infermesh_shared.config.kv_sizing import resolve_dtype
 from infermesh_shared.config.model_metadata import ModelMetadata
 from infermesh_shared.discovery.advertised_address import advertised_address
 from infermesh_shared.discovery.redis_registration import RedisRegistration
@@ -117,7 +118,7 @@ async def serve(cfg: SchedulerConfig, metadata: ModelMetadata, stop: asyncio.Eve
         cfg.total_blocks,
         cfg.tp_size,
         cfg.pp_size,
-        cfg.dtype,
+        resolve_dtype(cfg.dtype, metadata.torch_dtype),  # until the workers say what they loaded
     )
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
         SchedulerServicer(

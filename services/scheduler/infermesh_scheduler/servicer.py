@@ -111,6 +111,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         info = scheduler_pb2.GetModelInfoResponse(model=self._model_info)
         if self._group.num_blocks:
             info.model.total_blocks = self._group.num_blocks
+        if self._group.dtype:
+            info.model.dtype = self._group.dtype
         return info
 
     async def RegisterWorker(

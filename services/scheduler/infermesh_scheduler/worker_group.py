@@ -139,6 +139,7 @@ class WorkerGroup:
         # step_id of the last pipelined plan sent to the current formation (0: none since it formed).
         self._last_sent_step = 0
         self.num_blocks = 0
+        self.dtype = ""  # the dtype the loaded workers use; empty until the group formed
         self.num_cpu_blocks = 0
         self.last_ok = time.monotonic()
         self._form_task: asyncio.Task[None] | None = None
@@ -309,6 +310,8 @@ class WorkerGroup:
             )
             for m in members:
                 m.loaded = True
+            # Workers resolve dtype "auto" for their device; the group reports what they chose.
+            self.dtype = loaded[0].dtype or s.dtype
             num_blocks = self._pool_size(members, loaded)
             if num_blocks is None:
                 return

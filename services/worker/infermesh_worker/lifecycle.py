@@ -45,6 +45,7 @@ class LoadSpec:
 class LoadResult:
     max_num_blocks: int
     block_bytes: int
+    dtype: str = ""  # the dtype loaded ("auto" resolved)
 
 
 @dataclass(slots=True)
@@ -61,7 +62,7 @@ class LoadedShard:
 
 def check_spec(spec: LoadSpec, device: torch.device) -> ModelConfig:
     """Everything that can be refused before joining the group, so every rank fails alike, at once."""
-    dtype = parse_dtype(spec.dtype, device)
+    dtype = parse_dtype(spec.dtype, device, spec.model_path)
     if spec.dtype.lower() == "auto":
         logger.info("dtype auto -> %s on %s", str(dtype).removeprefix("torch."), device)
     if spec.block_size < 1:
@@ -80,7 +81,7 @@ def load_shard(
     spec: LoadSpec, config: ModelConfig, device: torch.device, dist_timeout_s: float
 ) -> LoadedShard:
     """Joins the process group and loads this rank's layers; leaves the group again on failure."""
-    dtype = parse_dtype(spec.dtype, device)
+    dtype = parse_dtype(spec.dtype, device, spec.model_path)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL binds each rank to the current device
     parallel = init_parallel(

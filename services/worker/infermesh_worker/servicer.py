@@ -124,9 +124,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         result = self._call(context, "LoadModel", self.runner.load_model, spec)
         if self.metrics is not None:
             self.metrics.model_loaded(spec.model_path)
-        logger.info("model loaded: %d KV blocks of %d bytes fit", result.max_num_blocks, result.block_bytes)
+        logger.info(
+            "model loaded (%s): %d KV blocks of %d bytes fit",
+            result.dtype,
+            result.max_num_blocks,
+            result.block_bytes,
+        )
         return worker_pb2.LoadModelResponse(
-            max_num_blocks=result.max_num_blocks, block_bytes=result.block_bytes
+            max_num_blocks=result.max_num_blocks, block_bytes=result.block_bytes, dtype=result.dtype
         )
 
     def InitKVCache(self, request: worker_pb2.InitKVCacheRequest, context) -> worker_pb2.InitKVCacheResponse:

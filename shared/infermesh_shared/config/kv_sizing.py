@@ -6,10 +6,39 @@ import math
 
 from .model_metadata import ModelMetadata
 
-# `auto` is resolved by each worker for its device (bf16 where native, else fp32 on CPU); sized
+# `auto` is resolved by each worker for its device (the checkpoint's dtype where native, else fp32); sized
 # here as the larger choice, so a byte budget (swap space) is never exceeded.
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "bfloat16": 2, "float16": 2, "float32": 4, "auto": 4}
 GIB = 1 << 30
+
+
+# config.json's torch dtype names -> the config spelling.
+_CHECKPOINT_DTYPES = {
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "float32": "fp32",
+    "half": "fp16",
+    "float": "fp32",
+}
+
+
+def checkpoint_dtype(torch_dtype: str | None) -> str:
+    """The config spelling of a checkpoint's dtype (config.json `dtype`/`torch_dtype`); fp32 when
+    absent or unknown, as transformers loads such a checkpoint."""
+    if torch_dtype is None:
+        return "fp32"
+    return _CHECKPOINT_DTYPES.get(str(torch_dtype).removeprefix("torch."), "fp32")
+
+
+def resolve_dtype(dtype: str, torch_dtype: str | None, native_half: frozenset[str] | None = None) -> str:
+    """`dtype` with "auto" replaced: the checkpoint's dtype, or fp32 when the device has no native
+    support for it (`native_half`: the 16-bit dtypes the device computes natively; None = all)."""
+    if dtype != "auto":
+        return dtype
+    wanted = checkpoint_dtype(torch_dtype)
+    if wanted != "fp32" and native_half is not None and wanted not in native_half:
+        return "fp32"
+    return wanted
 
 
 def dtype_size(dtype: str) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import EXIT_INVALID_CONFIG, ConfigError
 from .flags import parse_flags
-from .kv_sizing import GIB, blocks_for_budget, kv_block_bytes
+from .kv_sizing import GIB, blocks_for_budget, kv_block_bytes, resolve_dtype
 from .model_metadata import ModelMetadata
 from .schema import defaults, load_schema
 from .sources import normalise, read_config_file
@@ -77,7 +77,12 @@ def derive_from_model(values: dict[str, Any], metadata: ModelMetadata) -> None:
         values["max_model_len"] = metadata.max_position_embeddings
     if values.get("enable_swap") and values.get("swap_space_gb", 0) > 0 and values.get("num_cpu_blocks") == 0:
         block_bytes = kv_block_bytes(
-            metadata, values["block_size"], values["dtype"], values["tp_size"], values["pp_size"]
+            metadata,
+            values["block_size"],
+            # auto: the checkpoint's dtype, what a GPU worker (where swap matters) loads.
+            resolve_dtype(values["dtype"], metadata.torch_dtype),
+            values["tp_size"],
+            values["pp_size"],
         )
         values["num_cpu_blocks"] = blocks_for_budget(int(values["swap_space_gb"] * GIB), block_bytes)
 

@@ -17,7 +17,7 @@ from .sources import normalise, read_config_file
 from .validate import extension_errors, schema_errors
 
 TARGETS = ("vllm", "sglang")
-_TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_TORCH_DTYPE = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 # A mapper gets (value, all resolved values) and returns the flags (may be none: the
 # engine's default already means the same), or None when the engine has no equivalent.
