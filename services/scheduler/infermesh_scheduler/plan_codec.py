@@ -26,6 +26,12 @@ def sampling_to_proto(options: SamplingOptions) -> common_pb2.SamplingParams:
         ignore_eos=options.ignore_eos,
         n=options.n,
         logprobs=options.logprobs,
+        presence_penalty=options.presence_penalty,
+        frequency_penalty=options.frequency_penalty,
+        repetition_penalty=options.repetition_penalty,
+        logit_bias=dict(options.logit_bias),
+        min_tokens=options.min_tokens,
+        top_logprobs=options.top_logprobs,
     )
     if options.seed is not None:
         params.seed = options.seed
@@ -76,4 +82,12 @@ def plan_to_proto(plan: StepPlan) -> worker_pb2.StepPlan:
 
 def tokens_from_proto(response: worker_pb2.ExecuteResponse) -> list[SampledToken]:
     """The sampled tokens of one Execute answer as core dataclasses."""
-    return [SampledToken(seq_id=t.seq_id, token_id=t.token_id, logprob=t.logprob) for t in response.tokens]
+    return [
+        SampledToken(
+            seq_id=t.seq_id,
+            token_id=t.token_id,
+            logprob=t.logprob,
+            top=(tuple(t.top.token_ids), tuple(t.top.logprobs)) if t.top.token_ids else None,
+        )
+        for t in response.tokens
+    ]

@@ -41,6 +41,12 @@ def sampling_from_proto(params: common_pb2.SamplingParams) -> SamplingOptions:
         ignore_eos=params.ignore_eos,
         n=params.n,
         logprobs=params.logprobs,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        repetition_penalty=params.repetition_penalty or 1.0,
+        logit_bias=tuple(sorted(params.logit_bias.items())),
+        min_tokens=params.min_tokens,
+        top_logprobs=params.top_logprobs,
     )
 
 
@@ -72,6 +78,9 @@ def response_from_output(output: RequestOutput) -> scheduler_pb2.SubmitResponse 
         token_ids=output.new_token_ids,
         logprobs=output.new_logprobs or (),
         finish_reason=_FINISH_REASON[output.finish_reason],
+        top_logprobs=[
+            common_pb2.TopLogprobs(token_ids=ids, logprobs=lps) for ids, lps in output.new_top_logprobs or ()
+        ],
     )
     if output.usage is not None:
         u = output.usage

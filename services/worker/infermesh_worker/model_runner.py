@@ -15,12 +15,15 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
+from infermesh_shared.config.model_metadata import read_model_metadata
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from infermesh_worker.attention_metadata import ScheduledChunk, build_attention_metadata
+from infermesh_worker.dtypes import dtype_name
 from infermesh_worker.errors import FailedPreconditionError
 from infermesh_worker.kernels.paged_attention_ext import load_paged_attention
 from infermesh_worker.kv_cache import KVCache
+from infermesh_worker.layers.logits_adjust import AdjustRow, LogitsAdjustment, adjust_logits
 from infermesh_worker.layers.sampler import Sampler, SamplingRow
 from infermesh_worker.lifecycle import (
     LoadedShard,
@@ -64,6 +67,7 @@ class ModelRunner:
         self.broken_reason = ""
         self._attention_backends: Callable[[], AbstractContextManager] = contextlib.nullcontext
         self._paged_kernel: Callable | None = None
+        self._eos_token_ids: list[int] = []
 
     @property
     def model(self) -> LlamaFamilyModel | None:
@@ -93,7 +97,13 @@ class ModelRunner:
         fit = blocks_that_fit(
             self.device, shard.block_bytes, self.kv_cache_memory_bytes, spec.gpu_memory_utilization
         )
-        return LoadResult(max_num_blocks=fit, block_bytes=shard.block_bytes)
+        # min_tokens keeps these from ending a sequence early (generation_config.json's and config.json's).
+        self._eos_token_ids = read_model_metadata(
+            spec.model_path, spec.config_overrides_json or None
+        ).eos_token_ids
+        return LoadResult(
+            max_num_blocks=fit, block_bytes=shard.block_bytes, dtype=dtype_name(shard.model.dtype)
+        )
 
     def init_kv_cache(self, num_blocks: int, num_cpu_blocks: int) -> None:
         if self.shard is None:
@@ -185,12 +195,16 @@ class ModelRunner:
 
         token_ids = torch.zeros(len(samplers), dtype=torch.long, device=self.device)
         logprobs = torch.zeros(len(samplers), dtype=torch.float32, device=self.device)
+        top = None
         if samplers and self.parallel.is_last_stage:
             rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
             # Every tensor rank of the last stage joins the logits all-gather; only one samples.
             logits = self.model.compute_logits(hidden[rows])
             if self.parallel.is_sampling_rank:
-                token_ids, logprobs = self.sampler.sample(logits, [_sampling_row(s) for s in samplers])
+                logits = adjust_logits(logits, [_adjust_row(s, self._eos_token_ids) for s in samplers])
+                token_ids, logprobs, top = self.sampler.sample_with_alternatives(
+                    logits, [_sampling_row(s) for s in samplers]
+                )
         # Pipelined plans: other ranks learn the tokens from a later plan; a broadcast here would
         # make every stage wait for the last one.
         learns_now = self.parallel.is_sampling_rank or not tokens_in_later_plans
@@ -201,15 +215,24 @@ class ModelRunner:
             state.num_computed_tokens += count
         sampled = token_ids.tolist()
         lps = logprobs.tolist()
+        top_ids, top_lps = (top[0].tolist(), top[1].tolist()) if top is not None else (None, None)
         result: list[SampledToken] = []
-        for state, token, lp in zip(samplers, sampled, lps, strict=True):
+        for row, (state, token, lp) in enumerate(zip(samplers, sampled, lps, strict=True)):
             if not learns_now:
                 continue
             state.token_ids.append(token)
             state.num_output_tokens += 1
             if self.parallel.is_sampling_rank:
-                result.append(SampledToken(state.seq_id, token, lp if state.sampling.logprobs > 0 else 0.0))
+                k = state.sampling.top_logprobs
+                alternatives = (top_ids[row][:k], top_lps[row][:k]) if top_ids is not None and k else None
+                logprob = lp if state.sampling.logprobs > 0 else 0.0
+                result.append(SampledToken(state.seq_id, token, logprob, alternatives))
         return result
+
+
+def _adjust_row(state: SequenceState, eos_token_ids: list[int]) -> AdjustRow:
+    adjustment = LogitsAdjustment.from_params(state.sampling, eos_token_ids)
+    return AdjustRow(adjustment, state.token_ids, state.num_output_tokens)
 
 
 def _sampling_row(state: SequenceState) -> SamplingRow:
@@ -222,6 +245,7 @@ def _sampling_row(state: SequenceState) -> SamplingRow:
         seed=s.seed,
         output_position=state.num_output_tokens,
         want_logprob=s.logprobs > 0,
+        top_logprobs=s.top_logprobs,
     )
 
 

@@ -3,7 +3,7 @@ path sees protobuf."""
 
 from __future__ import annotations
 
-from infermesh.v1 import worker_pb2
+from infermesh.v1 import common_pb2, worker_pb2
 
 from infermesh_worker.step_plan import (
     NewSequence,
@@ -57,6 +57,14 @@ def _sampling(s) -> SamplingSpec:
         min_p=s.min_p,
         seed=s.seed if s.HasField("seed") else None,
         logprobs=s.logprobs,
+        top_logprobs=min(s.top_logprobs, 20) if s.logprobs > 0 else 0,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty or 1.0,  # 0: from a frontend that predates the field
+        logit_bias=tuple(sorted(s.logit_bias.items())),
+        min_tokens=s.min_tokens,
+        ignore_eos=s.ignore_eos,
+        stop_token_ids=tuple(s.stop_token_ids),
     )
 
 
@@ -64,7 +72,12 @@ def encode_result(result: StepResult) -> worker_pb2.ExecuteResponse:
     return worker_pb2.ExecuteResponse(
         step_id=result.step_id,
         tokens=[
-            worker_pb2.SampledToken(seq_id=t.seq_id, token_id=t.token_id, logprob=t.logprob)
+            worker_pb2.SampledToken(
+                seq_id=t.seq_id,
+                token_id=t.token_id,
+                logprob=t.logprob,
+                top=common_pb2.TopLogprobs(token_ids=t.top[0], logprobs=t.top[1]) if t.top else None,
+            )
             for t in result.tokens
         ],
         compute_time_us=result.compute_time_us,

@@ -155,6 +155,16 @@ def _check_new(new: NewSequence, limits: PlanLimits) -> None:
             f"sequence {new.seq_id} has out-of-range sampling parameters "
             f"(temperature={s.temperature}, top_p={s.top_p}, top_k={s.top_k}, min_p={s.min_p})"
         )
+    bad_bias = [token for token, _ in s.logit_bias if token >= limits.vocab_size]
+    if bad_bias:
+        raise InvalidArgumentError(
+            f"sequence {new.seq_id} has logit_bias for token id {bad_bias[0]} "
+            f">= vocab_size {limits.vocab_size}"
+        )
+    if s.repetition_penalty <= 0:
+        raise InvalidArgumentError(
+            f"sequence {new.seq_id} has repetition_penalty {s.repetition_penalty} <= 0"
+        )
 
 
 def _check_chunk(

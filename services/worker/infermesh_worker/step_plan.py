@@ -16,6 +16,15 @@ class SamplingSpec:
     min_p: float = 0.0
     seed: int | None = None
     logprobs: int = 0
+    top_logprobs: int = 0  # alternatives returned with each logprob
+    # Logit adjustments (layers/logits_adjust.py); the defaults ask for none.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -73,6 +82,8 @@ class SampledToken:
     seq_id: int
     token_id: int
     logprob: float
+    # (alternative ids, their logprobs), most likely first, when the sequence asked for them.
+    top: tuple[list[int], list[float]] | None = None
 
 
 @dataclass(slots=True)

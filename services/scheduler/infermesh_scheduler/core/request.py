@@ -28,6 +28,13 @@ class SamplingOptions:
     ignore_eos: bool
     n: int = 1
     logprobs: int = 0
+    # Applied by the worker; the scheduler only carries them to it.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0
+    top_logprobs: int = 0
 
     @classmethod
     def greedy(
@@ -99,3 +106,5 @@ class RequestOutput:
     # Set on the request's last output (all n completions finished).
     usage: Usage | None = None
     error: AdmissionError | None = None
+    # Per new token: (alternative ids, their logprobs), when sampling.top_logprobs > 0.
+    new_top_logprobs: list[tuple[tuple[int, ...], tuple[float, ...]]] | None = None

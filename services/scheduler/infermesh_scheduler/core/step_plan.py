@@ -86,3 +86,5 @@ class SampledToken:
     seq_id: int
     token_id: int
     logprob: float = 0.0
+    # The most likely alternatives (ids, logprobs) when the sequence asked for them.
+    top: tuple[tuple[int, ...], tuple[float, ...]] | None = None

@@ -52,6 +52,8 @@ def apply_step_results(
         out = RequestOutput(
             req.spec.request_id, seq.index, [tid], [token.logprob] if req.wants_logprobs else (), reason
         )
+        if token.top is not None and req.spec.sampling.top_logprobs:
+            out.new_top_logprobs = [token.top]
         outputs.append(out)
         if not req.forked and req.spec.sampling.n > 1:
             sched._fork(seq)

@@ -30,6 +30,7 @@ class SamplingRow:
     seed: int | None
     output_position: int  # index of the token being sampled among the sequence's outputs
     want_logprob: bool = False
+    top_logprobs: int = 0  # most likely alternatives to return with the logprob, 0..20
 
 
 def seeded_noise_seed(seed: int, output_position: int) -> int:
@@ -87,6 +88,14 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> tuple[torch.Tensor, torch.Tensor]:
         """(token ids [N] long, logprobs [N] fp32) for logits [N, V], one SamplingRow per row."""
+        tokens, logprobs, _ = self.sample_with_alternatives(logits, rows)
+        return tokens, logprobs
+
+    def sample_with_alternatives(
+        self, logits: torch.Tensor, rows: list[SamplingRow]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """sample() plus, when a row asks for top_logprobs, the k most likely tokens of every row
+        ([N, k] ids and logprobs, k the largest asked; a row reads its own first top_logprobs)."""
         processed = self.process(logits, rows)
         greedy = torch.tensor([r.temperature == 0 for r in rows], device=self.device)
         if bool(greedy.all()):
@@ -97,6 +106,11 @@ class Sampler:
             tokens = torch.where(greedy, processed.argmax(dim=-1), sampled)
         if not any(r.want_logprob for r in rows):
             # A full-vocabulary log-softmax per step is wasted when nobody reads the result.
-            return tokens, torch.zeros(len(rows), dtype=torch.float32, device=self.device)
-        logprobs = torch.log_softmax(processed, dim=-1).gather(1, tokens[:, None]).squeeze(1)
-        return tokens, logprobs
+            return tokens, torch.zeros(len(rows), dtype=torch.float32, device=self.device), None
+        all_logprobs = torch.log_softmax(processed, dim=-1)
+        logprobs = all_logprobs.gather(1, tokens[:, None]).squeeze(1)
+        k = min(max(r.top_logprobs for r in rows), all_logprobs.shape[-1])
+        if k <= 0:
+            return tokens, logprobs, None
+        top = all_logprobs.topk(k, dim=-1)
+        return tokens, logprobs, (top.indices, top.values)
