@@ -191,14 +191,15 @@ def test_errors_are_openai_json(client: openai.OpenAI, model_id: str) -> None:
     assert missing.value.body["code"] == "model_not_found"
     assert model_id in missing.value.body["message"]
     with pytest.raises(openai.BadRequestError) as echo:
-        client.completions.create(model=model_id, prompt=PROMPT, echo=True)
+        client.completions.create(model=model_id, prompt=PROMPT, echo=True, logprobs=0)
     assert echo.value.body["param"] == "echo"
     with pytest.raises(openai.BadRequestError) as penalty:
-        client.completions.create(model=model_id, prompt=PROMPT, presence_penalty=0.5)
-    assert "not supported" in penalty.value.body["message"]
+        client.completions.create(model=model_id, prompt=PROMPT, presence_penalty=5)
+    assert penalty.value.body["param"] == "presence_penalty"
     with pytest.raises(openai.BadRequestError) as too_long:
         client.completions.create(model=model_id, prompt=PROMPT, max_tokens=5000)
     assert "max_model_len" in too_long.value.body["message"]
+    assert too_long.value.body["param"] == "max_tokens"
 
 
 def test_raw_http_error_body(cluster) -> None:

@@ -17,6 +17,7 @@ class CollectedCompletion:
     text_parts: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[tuple[list[int], list[float]]] = field(default_factory=list)
     finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
     matched_stop: str = ""
 
@@ -28,6 +29,7 @@ class CollectedCompletion:
         self.text_parts.append(delta.text)
         self.token_ids.extend(delta.token_ids)
         self.logprobs.extend(delta.logprobs)
+        self.top_logprobs.extend(delta.top_logprobs)
         if delta.finish_reason:
             self.finish_reason = delta.finish_reason
             self.matched_stop = delta.matched_stop

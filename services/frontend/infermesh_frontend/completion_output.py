@@ -20,6 +20,8 @@ class CompletionDelta:
     request_id: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    # Per token: the most likely alternatives (ids, logprobs), when top_logprobs were asked.
+    top_logprobs: list[tuple[list[int], list[float]]] = field(default_factory=list)
     # FINISH_REASON_UNSPECIFIED until the completion's last delta.
     finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
     matched_stop: str = ""
@@ -36,6 +38,7 @@ class CompletionOutput:
         new_detokenizer: Callable[[Sequence[int]], Detokenizer],
         prompt_token_ids: Sequence[int],
         stop_strings: Sequence[str],
+        include_stop_str: bool = False,
     ) -> None:
         self.index = index
         self._detokenizer = new_detokenizer(prompt_token_ids)
@@ -45,6 +48,7 @@ class CompletionOutput:
         self.logprobs: list[float] = []
         self.finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
         self.matched_stop = ""
+        self._include_stop_str = include_stop_str
 
     @property
     def finished(self) -> bool:
@@ -57,7 +61,11 @@ class CompletionOutput:
         return "".join(self.text_parts)
 
     def add(
-        self, token_ids: Sequence[int], logprobs: Sequence[float], finish_reason: int
+        self,
+        token_ids: Sequence[int],
+        logprobs: Sequence[float],
+        finish_reason: int,
+        top_logprobs: Sequence[tuple[list[int], list[float]]] = (),
     ) -> CompletionDelta | None:
         """Takes one scheduler message for this completion; returns the delta, or None once finished.
 
@@ -71,6 +79,8 @@ class CompletionOutput:
             delta.token_ids.append(token_id)
             if position < len(logprobs):
                 delta.logprobs.append(logprobs[position])
+            if position < len(top_logprobs):
+                delta.top_logprobs.append(top_logprobs[position])
             check = self._stops.feed(self._detokenizer.add_tokens([token_id]))
             delta.text += check.text
             if check.matched_stop is not None:
@@ -96,6 +106,8 @@ class CompletionOutput:
         return delta
 
     def _end(self, delta: CompletionDelta, finish_reason: int, matched_stop: str) -> None:
+        if matched_stop and self._include_stop_str:
+            delta.text += matched_stop
         delta.finish_reason = finish_reason
         delta.matched_stop = matched_stop
         self.finish_reason = finish_reason

@@ -45,6 +45,9 @@ class PreparedRequest:
     # Submit call carries what is left of it as its gRPC deadline, so a failover does not
     # restart the clock and no host compares another host's wall clock.
     deadline: float | None = None
+    # Text options: special tokens left out, a matched stop string kept at the end.
+    skip_special_tokens: bool = True
+    include_stop_str: bool = False
 
 
 class Generation:
@@ -67,7 +70,7 @@ class Generation:
         self._trace = request_trace or RequestTrace(stream=False, enabled=False)
         prompt = list(request.submit.prompt_token_ids)
         self.outputs = [
-            CompletionOutput(index, new_detokenizer, prompt, request.stop_strings)
+            CompletionOutput(index, new_detokenizer, prompt, request.stop_strings, request.include_stop_str)
             for index in range(request.submit.sampling.n)
         ]
         self.scheduler_usage: common_pb2.Usage | None = None
@@ -256,7 +259,8 @@ class Generation:
             )
         output = self.outputs[response.index]
         with self._trace.detokenizing():
-            return output.add(response.token_ids, response.logprobs, response.finish_reason)
+            top = [(list(t.token_ids), list(t.logprobs)) for t in response.top_logprobs]
+            return output.add(response.token_ids, response.logprobs, response.finish_reason, top)
 
 
 class _StallWatchdog:

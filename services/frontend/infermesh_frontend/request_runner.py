@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -83,11 +84,13 @@ class RequestRunner:
             prompt_ids = []
         model = await self.model_info.get()
         request_trace.model_resolved(model.model_name)
-        limits = SamplingLimits(self._default_max_tokens, self._max_stop_strings, model.max_model_len)
+        limits = SamplingLimits(
+            self._default_max_tokens, self._max_stop_strings, model.max_model_len, model.vocab_size
+        )
         try:
             sampling = resolve_sampling_params(request_input.sampling, len(prompt_ids), limits)
         except InvalidRequestError as error:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error), error.param) from error
 
         timeout_ms = _effective_timeout_ms(request_input.timeout_ms, self._request_timeout_ms)
         submit = scheduler_pb2.SubmitRequest(
@@ -108,6 +111,7 @@ class RequestRunner:
             client_id=request_input.client_id,
             cache_salt=request_input.cache_salt,
         )
+        client = request_input.sampling
         return PreparedRequest(
             submit,
             list(request_input.sampling.stop),
@@ -116,6 +120,10 @@ class RequestRunner:
             self._failover_max_attempts,
             client_request_id=request_input.request_id,
             deadline=time.monotonic() + timeout_ms / 1000 if timeout_ms else None,
+            skip_special_tokens=client.skip_special_tokens
+            if client.HasField("skip_special_tokens")
+            else True,
+            include_stop_str=client.include_stop_str_in_output,
         )
 
     async def _encode(self, text: str) -> list[int]:
@@ -147,7 +155,10 @@ class RequestRunner:
                 else scheduler_pb2.GEN_AI_OPERATION_TEXT_COMPLETION
             )
             request_trace.prepared(prepared.submit, prepared.client_request_id)
-            generation = Generation(self._pool, prepared, self.tokenizer.detokenizer, request_trace)
+            new_detokenizer = functools.partial(
+                self.tokenizer.detokenizer, skip_special_tokens=prepared.skip_special_tokens
+            )
+            generation = Generation(self._pool, prepared, new_detokenizer, request_trace)
             async with contextlib.aclosing(generation.stream()) as deltas:
                 async for delta in deltas:
                     timer.tokens_arrived(len(delta.token_ids))

@@ -26,6 +26,7 @@ from infermesh_frontend.client_auth import AioApiKeyInterceptor, ApiKeys
 from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.openai_http.app import OpenAIHttpServer
 from infermesh_frontend.openai_http.connection_guard import HttpLimits
+from infermesh_frontend.openai_http.served_models import ServedModels
 from infermesh_frontend.request_bounds import RequestBounds
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_runner import RequestRunner
@@ -117,6 +118,8 @@ class FrontendServer:
                     max_body_bytes=cfg.http_max_body_bytes,
                 ),
                 registry=self.registry,
+                served=ServedModels(list(cfg.served_model_name)),
+                strict_request_fields=cfg.strict_request_fields,
             )
         self.health = add_health_and_reflection(
             self.server, [SERVICE_NAME], reflection_on=cfg.enable_reflection

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from infermesh.v1 import common_pb2
 from infermesh_shared.grpc_transport import PortInUseError
 from infermesh_shared.telemetry import semconv as sc
 from prometheus_client import CollectorRegistry
@@ -25,6 +26,7 @@ from infermesh_frontend.client_auth import ApiKeys, tenant_cache_salt
 from infermesh_frontend.completion_collector import CollectedCompletion
 from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.openai_http.api_error import ApiError, invalid
+from infermesh_frontend.openai_http.best_of import best_of
 from infermesh_frontend.openai_http.chat_template import ChatTemplate, ChatTemplateError
 from infermesh_frontend.openai_http.client_auth_middleware import api_key_middleware, request_tenant
 from infermesh_frontend.openai_http.connection_guard import (
@@ -34,16 +36,21 @@ from infermesh_frontend.openai_http.connection_guard import (
     throttle_accept_errors,
 )
 from infermesh_frontend.openai_http.http_tracing import trace_http_requests
+from infermesh_frontend.openai_http.info_routes import InfoRoutes
 from infermesh_frontend.openai_http.metrics_route import metrics_routes
+from infermesh_frontend.openai_http.protocol import ChatCompletionRequest, CompletionRequest
+from infermesh_frontend.openai_http.request_body import read_json, typed_body
 from infermesh_frontend.openai_http.response_shapes import (
     ChatShape,
     CompletionShape,
     ResponseShape,
 )
 from infermesh_frontend.openai_http.schemas import ParsedRequest, parse_chat_request, parse_completion_request
+from infermesh_frontend.openai_http.served_models import ServedModels, model_card
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_runner import RequestRunner
 from infermesh_frontend.request_tracing import tokenize_span
+from infermesh_frontend.token_bytes import TokenBytes
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +65,7 @@ async def _errors_as_openai_json(request: web.Request, handler: Handler) -> web.
     except ApiError as error:
         return web.json_response(error.body(), status=error.status)
     except RequestError as error:
-        api_error = ApiError.from_grpc(error.code, error.message)
+        api_error = ApiError.from_grpc(error.code, error.message, error.param)
         return web.json_response(api_error.body(), status=api_error.status)
     except web.HTTPException as error:
         if error.status >= 400:
@@ -70,53 +77,86 @@ async def _errors_as_openai_json(request: web.Request, handler: Handler) -> web.
 class OpenAIApi:
     """The route handlers; every generation goes through `runner`, as gRPC Generate does."""
 
-    def __init__(self, runner: RequestRunner) -> None:
-        self._runner = runner
+    def __init__(
+        self, runner: RequestRunner, served: ServedModels, strict_request_fields: bool = False
+    ) -> None:
+        self.runner = self._runner = runner
+        self.served = self._served = served
+        self.strict = strict_request_fields
         tokenizer = runner.tokenizer
+        self._token_bytes = TokenBytes(tokenizer.tokenizer)
+        self._special_tokens = {
+            "bos_token": tokenizer.settings.bos_token,
+            "eos_token": tokenizer.settings.eos_token,
+        }
         self._chat_template: ChatTemplate | None = None
         self._chat_template_error = "the model directory has no chat template (tokenizer_config.json)"
         if tokenizer.chat_template is not None:
-            special = {"bos_token": tokenizer.settings.bos_token, "eos_token": tokenizer.settings.eos_token}
             try:
-                self._chat_template = ChatTemplate(tokenizer.chat_template, special)
+                self._chat_template = ChatTemplate(tokenizer.chat_template, self._special_tokens)
             except ChatTemplateError as error:
                 self._chat_template_error = str(error)
                 logger.warning("chat completions are off: %s", error)
 
+    def render_chat(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        template_source: str | None = None,
+        kwargs: dict | None = None,
+    ) -> str:
+        """The prompt for `messages`: the request's chat_template, else the model's; 400 when it fails."""
+        try:
+            if template_source is not None:
+                template = ChatTemplate(template_source, self._special_tokens)
+            elif self._chat_template is not None:
+                template = self._chat_template
+            else:
+                raise invalid(
+                    f"chat completions are not available: {self._chat_template_error}; "
+                    "use /v1/completions or give chat_template",
+                    "messages",
+                )
+            return template.render(messages, add_generation_prompt=add_generation_prompt, extra=kwargs)
+        except ChatTemplateError as error:
+            raise invalid(
+                str(error), "chat_template" if template_source is not None else "messages"
+            ) from error
+
     def routes(self) -> list[web.RouteDef]:
         return [
+            *InfoRoutes(self).routes(),
             web.get("/v1/models", self.models),
+            web.get("/v1/models/{model_id:.+}", self.model),
             web.post("/v1/completions", self.completions),
             web.post("/v1/chat/completions", self.chat_completions),
         ]
 
     async def models(self, request: web.Request) -> web.Response:
         model = await self._runner.model_info.get()
-        entry = {
-            "id": model.model_name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "infermesh",
-            "max_model_len": model.max_model_len,
-        }
-        return web.json_response({"object": "list", "data": [entry]})
+        entries = [model_card(name, model) for name in self._served.names(model)]
+        return web.json_response({"object": "list", "data": entries})
+
+    async def model(self, request: web.Request) -> web.Response:
+        model = await self._runner.model_info.get()
+        name = self._served.resolve(request.match_info["model_id"], model)
+        return web.json_response(model_card(name, model))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        parsed = parse_completion_request(await _json_body(request))
+        body = await read_json(request)
+        parsed = parse_completion_request(body)
+        typed_body(CompletionRequest, body, self.strict)
         shape = CompletionShape(*await self._envelope(parsed, "cmpl"), self._token_text)
         return await self._answer(request, parsed, shape)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        parsed = parse_chat_request(await _json_body(request))
-        shape = ChatShape(*await self._envelope(parsed, "chatcmpl"), self._token_text)
-        if self._chat_template is None:
-            raise invalid(
-                f"chat completions are not available: {self._chat_template_error}; use /v1/completions"
-            )
-        try:
-            prompt = self._chat_template.render(parsed.messages, add_generation_prompt=True)
-        except ChatTemplateError as error:
-            raise invalid(str(error), "messages") from error
+        body = await read_json(request)
+        parsed = parse_chat_request(body)
+        typed_body(ChatCompletionRequest, body, self.strict)
+        shape = ChatShape(*await self._envelope(parsed, "chatcmpl"), self._token_text, self._token_bytes)
+        prompt = self.render_chat(
+            parsed.messages, parsed.add_generation_prompt, parsed.chat_template, parsed.chat_template_kwargs
+        )
         # As transformers' apply_chat_template: the template already placed the special tokens.
         with tokenize_span():
             ids = self._runner.tokenizer.encode(prompt, add_special_tokens=False)
@@ -125,18 +165,19 @@ class OpenAIApi:
 
     async def _envelope(self, parsed: ParsedRequest, prefix: str) -> tuple[str, int, str]:
         """(response id, created, model) after checking the model is the one served."""
-        model = await self._runner.model_info.get()
-        if parsed.model != model.model_name:
-            raise ApiError(
-                404,
-                f"model {parsed.model!r} is not served here; this server serves {model.model_name!r} "
-                "(see /v1/models)",
-                param="model",
-                code="model_not_found",
-            )
+        name = self._served.resolve(parsed.model, await self._runner.model_info.get())
         request_id = uuid.uuid4().hex
         parsed.generate_input.request_id = request_id
-        return f"{prefix}-{request_id}", int(time.time()), model.model_name
+        return f"{prefix}-{request_id}", int(time.time()), name
+
+    def _prompt_tokens(self, parsed: ParsedRequest) -> int:
+        """Prompt length for continuous usage stats (tokenized once more only when they are asked)."""
+        generate_input = parsed.generate_input
+        if not parsed.continuous_usage:
+            return 0
+        if generate_input.WhichOneof("prompt") == "token_ids":
+            return len(generate_input.token_ids.ids)
+        return len(self._runner.tokenizer.encode(generate_input.text, add_special_tokens=True))
 
     def _token_text(self, token_id: int) -> str:
         return self._runner.tokenizer.decode([token_id], skip_special_tokens=False)
@@ -151,7 +192,7 @@ class OpenAIApi:
         deltas = self._runner.run(salted, stream=parsed.stream, operation=operation)
         async with contextlib.aclosing(deltas):
             if parsed.stream:
-                return await _stream(request, parsed, shape, deltas)
+                return await _stream(request, parsed, shape, deltas, self._prompt_tokens(parsed))
             choices: dict[int, CollectedCompletion] = {}
             usage = None
             async for delta in deltas:
@@ -160,11 +201,20 @@ class OpenAIApi:
                     usage = delta.usage
             if usage is None:
                 raise ApiError(500, "the request ended without a result")
+            if parsed.best_of:
+                choices = best_of(choices, parsed.requested_n)
+            if parsed.echo_text:
+                for choice in choices.values():
+                    choice.text_parts.insert(0, parsed.echo_text)
             return web.json_response(shape.response(choices, usage, parsed.logprobs))
 
 
 async def _stream(
-    request: web.Request, parsed: ParsedRequest, shape: ResponseShape, deltas: AsyncIterator[CompletionDelta]
+    request: web.Request,
+    parsed: ParsedRequest,
+    shape: ResponseShape,
+    deltas: AsyncIterator[CompletionDelta],
+    prompt_tokens: int,
 ) -> web.StreamResponse:
     """Server-sent events: one chunk per delta, then usage (when asked) and [DONE].
 
@@ -183,34 +233,41 @@ async def _stream(
     async def send(payload: object) -> None:
         await response.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
 
+    n = max(1, parsed.generate_input.sampling.n)
+    running = common_pb2.Usage(prompt_tokens=prompt_tokens)
+    with_usage = parsed.include_usage or parsed.continuous_usage
+
+    def chunk(choices: list[dict]) -> dict:
+        # continuous_usage_stats: every chunk carries the usage so far (vLLM's extension).
+        return shape.chunk(choices, running if parsed.continuous_usage else None, with_usage=with_usage)
+
     if isinstance(shape, ChatShape):
-        n = max(1, parsed.generate_input.sampling.n)
-        await send(shape.chunk([shape.role_choice(i) for i in range(n)], with_usage=parsed.include_usage))
+        await send(chunk([shape.role_choice(i) for i in range(n)]))
+    if parsed.echo_text:
+        await send(
+            chunk(
+                [shape.delta_choice(CompletionDelta(index=i, text=parsed.echo_text), False) for i in range(n)]
+            )
+        )
     usage = None
     try:
         delta: CompletionDelta | None = first
         while delta is not None:
-            if delta.text or delta.finish_reason or (parsed.logprobs and delta.token_ids):
-                choice = shape.delta_choice(delta, parsed.logprobs)
-                await send(shape.chunk([choice], with_usage=parsed.include_usage))
+            running.completion_tokens += len(delta.token_ids)
             if delta.usage is not None:
                 usage = delta.usage
+                running.CopyFrom(usage)
+            if delta.text or delta.finish_reason or (parsed.logprobs and delta.token_ids):
+                await send(chunk([shape.delta_choice(delta, parsed.logprobs)]))
             delta = await anext(deltas, None)
     except RequestError as error:
-        await send(ApiError.from_grpc(error.code, error.message).body())
+        await send(ApiError.from_grpc(error.code, error.message, error.param).body())
     else:
         if parsed.include_usage and usage is not None:
             await send(shape.chunk([], usage, with_usage=True))
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
-
-
-async def _json_body(request: web.Request) -> object:
-    try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise invalid(f"the request body is not valid JSON: {error}") from error
 
 
 class OpenAIHttpServer:
@@ -221,6 +278,8 @@ class OpenAIHttpServer:
         runner: RequestRunner,
         host: str,
         port: int,
+        served: ServedModels | None = None,
+        strict_request_fields: bool = False,
         shutdown_timeout_s: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
         api_keys: ApiKeys | None = None,
@@ -242,7 +301,7 @@ class OpenAIHttpServer:
             ],
             client_max_size=self._limits.max_body_bytes,
         )
-        app.add_routes(OpenAIApi(runner).routes())
+        app.add_routes(OpenAIApi(runner, served or ServedModels(), strict_request_fields).routes())
         if registry is not None:
             app.add_routes(metrics_routes(registry))
         # handler_cancellation: a client that hangs up cancels its handler, aborting its request.

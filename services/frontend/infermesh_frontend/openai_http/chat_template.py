@@ -53,15 +53,20 @@ class ChatTemplate:
             raise ChatTemplateError(f"the model's chat template does not compile: {error}") from error
         self._special_tokens = special_tokens
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The prompt text for `messages`; raises ChatTemplateError when the template refuses them."""
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """The prompt text for `messages`; `extra` are chat_template_kwargs (as transformers'
+        apply_chat_template **kwargs). Raises ChatTemplateError when the template refuses them."""
+        variables = {**self._special_tokens, **(extra or {})}
+        variables.update(
+            messages=messages, add_generation_prompt=add_generation_prompt, tools=tools, documents=None
+        )
         try:
-            return self._template.render(
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                tools=None,
-                documents=None,
-                **self._special_tokens,
-            )
+            return self._template.render(**variables)
         except jinja2.exceptions.TemplateError as error:
             raise ChatTemplateError(f"the model's chat template refused the messages: {error}") from error

@@ -36,11 +36,19 @@ class ResponseShape:
     object_name = ""
     chunk_object_name = ""
 
-    def __init__(self, response_id: str, created: int, model: str, token_text: Callable[[int], str]) -> None:
+    def __init__(
+        self,
+        response_id: str,
+        created: int,
+        model: str,
+        token_text: Callable[[int], str],
+        token_bytes: Callable[[int], bytes] | None = None,
+    ) -> None:
         self.response_id = response_id
         self.created = created
         self.model = model
         self._token_text = token_text
+        self._token_bytes = token_bytes or (lambda token_id: token_text(token_id).encode())
 
     def _envelope(self, object_name: str) -> dict[str, object]:
         return {"id": self.response_id, "object": object_name, "created": self.created, "model": self.model}
@@ -76,13 +84,22 @@ class CompletionShape(ResponseShape):
     object_name = "text_completion"
     chunk_object_name = "text_completion"
 
-    def _logprobs(self, token_ids: list[int], logprobs: list[float]) -> dict:
+    def _logprobs(
+        self, token_ids: list[int], logprobs: list[float], top: list[tuple[list[int], list[float]]]
+    ) -> dict:
+        texts = [self._token_text(token_id) for token_id in token_ids]
+        offsets, position = [], 0
+        for text in texts:
+            offsets.append(position)
+            position += len(text)
         return {
-            "tokens": [self._token_text(token_id) for token_id in token_ids],
+            "tokens": texts,
             "token_logprobs": list(logprobs),
-            # Alternatives are not computed (logprobs > 0 is refused).
-            "top_logprobs": None,
-            "text_offset": None,
+            "top_logprobs": [
+                {self._token_text(i): lp for i, lp in zip(ids, lps, strict=True)} for ids, lps in top
+            ]
+            or None,
+            "text_offset": offsets,
         }
 
     def choice(self, index: int, choice: CollectedCompletion, logprobs: bool) -> dict:
@@ -90,7 +107,9 @@ class CompletionShape(ResponseShape):
             "index": index,
             "text": choice.text,
             "finish_reason": finish_reason_name(choice.finish_reason),
-            "logprobs": self._logprobs(choice.token_ids, choice.logprobs) if logprobs else None,
+            "logprobs": self._logprobs(choice.token_ids, choice.logprobs, choice.top_logprobs)
+            if logprobs
+            else None,
         }
 
     def delta_choice(self, delta: CompletionDelta, logprobs: bool) -> dict:
@@ -98,7 +117,9 @@ class CompletionShape(ResponseShape):
             "index": delta.index,
             "text": delta.text,
             "finish_reason": finish_reason_name(delta.finish_reason),
-            "logprobs": self._logprobs(delta.token_ids, delta.logprobs) if logprobs else None,
+            "logprobs": self._logprobs(delta.token_ids, delta.logprobs, delta.top_logprobs)
+            if logprobs
+            else None,
         }
 
 
@@ -108,13 +129,21 @@ class ChatShape(ResponseShape):
     object_name = "chat.completion"
     chunk_object_name = "chat.completion.chunk"
 
-    def _logprobs(self, token_ids: list[int], logprobs: list[float]) -> dict:
+    def _entry(self, token_id: int, logprob: float) -> dict:
+        raw = self._token_bytes(token_id)
+        # `token` is text; a token holding part of a UTF-8 character shows as U+FFFD there,
+        # while `bytes` carries it exactly (joining them rebuilds the text).
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    def _logprobs(
+        self, token_ids: list[int], logprobs: list[float], top: list[tuple[list[int], list[float]]]
+    ) -> dict:
         content = []
-        for token_id, logprob in zip(token_ids, logprobs, strict=False):
-            text = self._token_text(token_id)
-            content.append(
-                {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8")), "top_logprobs": []}
-            )
+        for position, (token_id, logprob) in enumerate(zip(token_ids, logprobs, strict=False)):
+            entry = self._entry(token_id, logprob)
+            ids, lps = top[position] if position < len(top) else ([], [])
+            entry["top_logprobs"] = [self._entry(i, lp) for i, lp in zip(ids, lps, strict=True)]
+            content.append(entry)
         return {"content": content}
 
     def choice(self, index: int, choice: CollectedCompletion, logprobs: bool) -> dict:
@@ -122,7 +151,9 @@ class ChatShape(ResponseShape):
             "index": index,
             "message": {"role": "assistant", "content": choice.text},
             "finish_reason": finish_reason_name(choice.finish_reason),
-            "logprobs": self._logprobs(choice.token_ids, choice.logprobs) if logprobs else None,
+            "logprobs": self._logprobs(choice.token_ids, choice.logprobs, choice.top_logprobs)
+            if logprobs
+            else None,
         }
 
     def role_choice(self, index: int) -> dict:
@@ -139,5 +170,7 @@ class ChatShape(ResponseShape):
             "index": delta.index,
             "delta": {"content": delta.text} if delta.text else {},
             "finish_reason": finish_reason_name(delta.finish_reason),
-            "logprobs": self._logprobs(delta.token_ids, delta.logprobs) if logprobs else None,
+            "logprobs": self._logprobs(delta.token_ids, delta.logprobs, delta.top_logprobs)
+            if logprobs
+            else None,
         }

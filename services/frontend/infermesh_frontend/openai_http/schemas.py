@@ -1,8 +1,8 @@
 """OpenAI request bodies -> GenerateInput / ClientSamplingParams, refusing what cannot be honoured.
 
-Fields this service cannot serve (echo, penalties, logit_bias, top alternatives in logprobs,
-several prompts per request, unknown fields) are refused with a 400 naming the field, never
-silently dropped.
+Types are checked first by the pydantic models (protocol.py); this module checks values and
+meaning. A field this server cannot honour with the value given (several prompts per request,
+echo with prompt logprobs, ...) is refused with a 400 naming it, never silently dropped.
 """
 
 from __future__ import annotations
@@ -13,18 +13,6 @@ from typing import Any
 from infermesh.v1 import frontend_pb2
 
 from infermesh_frontend.openai_http.api_error import invalid
-
-# Fields both endpoints take, OpenAI's own and infermesh's extensions (top_k .. priority).
-_COMMON_FIELDS = frozenset(
-    {
-        "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop",
-        "seed", "presence_penalty", "frequency_penalty", "logit_bias", "user",
-        "top_k", "min_p", "ignore_eos", "priority",
-    }
-)  # fmt: skip
-COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "logprobs", "echo", "best_of", "suffix"}
-CHAT_FIELDS = _COMMON_FIELDS | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"}
-_MESSAGE_FIELDS = frozenset({"role", "content", "name"})
 
 
 @dataclass(slots=True)
@@ -37,8 +25,19 @@ class ParsedRequest:
     include_usage: bool = False
     # Return the sampled tokens' log probabilities.
     logprobs: bool = False
+    # Every stream chunk carries the usage so far (stream_options.continuous_usage_stats).
+    continuous_usage: bool = False
+    # Text put before each completion's own (echo): the prompt, or chat's last assistant message.
+    echo_text: str = ""
+    # best_of: completions sampled; the n with the highest cumulative logprob are returned.
+    best_of: int = 0
+    # The n the client asked for (sampling.n is best_of while ranking).
+    requested_n: int = 1
     # Chat only: the conversation, rendered into the prompt by the chat template.
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    add_generation_prompt: bool = True
 
 
 def _is_int(value: Any) -> bool:
@@ -62,6 +61,8 @@ def _optional(body: dict[str, Any], name: str, kind: str) -> Any:
     return value
 
 
+# Alternatives per token (vLLM's default max_logprobs, OpenAI's top_logprobs limit).
+MAX_TOP_LOGPROBS = 20
 _INT32_MAX = 2**31 - 1
 _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
@@ -81,22 +82,34 @@ def _non_negative_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def _refuse_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    """Structured output and tool calling are not built yet: refused rather than ignored."""
+    for name in ("tools", "guided_json", "guided_regex", "guided_choice", "guided_grammar"):
+        if body.get(name):
+            raise invalid(f"{name} is not supported by this server yet; leave it out", name)
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
         raise invalid(
-            f"unsupported field(s): {', '.join(unknown)}; this server accepts {', '.join(sorted(allowed))}",
-            unknown[0],
+            "response_format other than {'type': 'text'} is not supported by this server yet",
+            "response_format",
         )
 
 
-def _refuse_unsupported(body: dict[str, Any]) -> None:
-    for name in ("presence_penalty", "frequency_penalty"):
-        value = _optional(body, name, "number")
-        if value:
-            raise invalid(f"{name} is not supported by this server; leave it out or set it to 0", name)
-    if body.get("logit_bias"):
-        raise invalid("logit_bias is not supported by this server; leave it out", "logit_bias")
+def _logit_bias(body: dict[str, Any]) -> dict[int, float]:
+    """OpenAI's {"token id as a string": bias} -> {token id: bias} (ranges are checked later)."""
+    bias = body.get("logit_bias") or {}
+    if not isinstance(bias, dict):
+        raise invalid("logit_bias must be an object of token id -> bias", "logit_bias")
+    parsed: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise invalid(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        if not 0 <= token <= _UINT32_MAX or not _is_number(value):
+            raise invalid(f"logit_bias[{key!r}] must map a token id >= 0 to a number", "logit_bias")
+        parsed[token] = float(value)
+    return parsed
 
 
 def _stop_strings(body: dict[str, Any]) -> list[str]:
@@ -138,21 +151,40 @@ def _sampling(
     if seed is not None:
         params.seed = _at_most("seed", seed, _UINT64_MAX)
     params.ignore_eos = bool(_optional(body, "ignore_eos", "bool"))
+    stop_token_ids = body.get("stop_token_ids") or []
+    for position, token in enumerate(stop_token_ids):
+        if not 0 <= token <= _UINT32_MAX:
+            raise invalid(
+                f"stop_token_ids[{position}] must be a token id >= 0, got {token}", "stop_token_ids"
+            )
+    params.stop_token_ids.extend(stop_token_ids)
+    skip = _optional(body, "skip_special_tokens", "bool")
+    if skip is not None:
+        params.skip_special_tokens = skip
+    params.include_stop_str_in_output = bool(_optional(body, "include_stop_str_in_output", "bool"))
+    for name in ("presence_penalty", "frequency_penalty", "repetition_penalty"):
+        value = _optional(body, name, "number")
+        if value is not None:
+            setattr(params, name, float(value))
+    for token, bias in _logit_bias(body).items():
+        params.logit_bias[token] = bias
+    min_tokens = _non_negative_int(body, "min_tokens")
+    if min_tokens:
+        params.min_tokens = _at_most("min_tokens", min_tokens, _UINT32_MAX)
     return params
 
 
-def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """(stream, include_usage, continuous_usage_stats)."""
     stream = bool(_optional(body, "stream", "bool"))
     options = body.get("stream_options")
     if options is None:
-        return stream, False
+        return stream, False, False
     if not stream:
         raise invalid("stream_options is only allowed with stream: true", "stream_options")
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise invalid(
-            f"stream_options must be an object with only include_usage, got {options!r}", "stream_options"
-        )
-    return stream, bool(_optional(options, "include_usage", "bool"))
+    include_usage = bool(_optional(options, "include_usage", "bool"))
+    continuous = bool(_optional(options, "continuous_usage_stats", "bool"))
+    return stream, include_usage, continuous
 
 
 def _generate_input(
@@ -181,28 +213,45 @@ def parse_completion_request(body: Any) -> ParsedRequest:
     """A /v1/completions body -> ParsedRequest; raises ApiError(400) naming the bad field."""
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
-    _refuse_unknown(body, COMPLETION_FIELDS)
     _refuse_unsupported(body)
-    if _optional(body, "echo", "bool"):
-        raise invalid("echo is not supported by this server; leave it out or set it to false", "echo")
     if _optional(body, "suffix", "str"):
         raise invalid("suffix is not supported by this server; leave it out", "suffix")
-    best_of = _optional(body, "best_of", "int")
-    if best_of is not None and best_of != 1:
-        raise invalid("best_of is not supported by this server; use n for several completions", "best_of")
     logprobs = _non_negative_int(body, "logprobs")
-    if logprobs:
+    if logprobs is not None and logprobs > MAX_TOP_LOGPROBS:
+        raise invalid(f"logprobs must be <= {MAX_TOP_LOGPROBS}, got {logprobs}", "logprobs")
+    echo = bool(_optional(body, "echo", "bool"))
+    if echo and logprobs is not None:
         raise invalid(
-            "logprobs > 0 asks for the most likely alternatives, which this server does not compute; "
-            "use logprobs: 0 for the log probability of each generated token",
-            "logprobs",
+            "echo with logprobs needs prompt logprobs, which this server does not compute yet", "echo"
         )
     sampling = _sampling(body)
-    sampling.logprobs = 1 if logprobs is not None else 0
+    stream, include_usage, continuous = _stream_flags(body)
+    best_of = _optional(body, "best_of", "int")
+    n = sampling.n if sampling.HasField("n") else 1
+    if best_of is not None:
+        if best_of < n:
+            raise invalid(f"best_of ({best_of}) must be >= n ({n})", "best_of")
+        if stream and best_of > n:
+            raise invalid("best_of > n cannot be streamed: the best are known only at the end", "best_of")
+        if best_of > n:
+            sampling.n = _at_most("best_of", best_of, _UINT32_MAX)
+    ranked = best_of is not None and best_of > n
+    # Ranking needs every completion's cumulative logprob, whether or not the client asked for them.
+    sampling.logprobs = 1 if logprobs is not None or ranked else 0
+    sampling.top_logprobs = logprobs or 0
     generate_input = _generate_input(body, sampling)
     _set_prompt(generate_input, body.get("prompt"))
-    stream, include_usage = _stream_flags(body)
-    return ParsedRequest(_model(body), generate_input, stream, include_usage, logprobs is not None)
+    return ParsedRequest(
+        _model(body),
+        generate_input,
+        stream,
+        include_usage,
+        logprobs is not None,
+        continuous,
+        echo_text=generate_input.text if echo and generate_input.WhichOneof("prompt") == "text" else "",
+        best_of=best_of if ranked else 0,
+        requested_n=n,
+    )
 
 
 def _set_prompt(generate_input: frontend_pb2.GenerateInput, prompt: Any) -> None:
@@ -225,16 +274,10 @@ def _set_prompt(generate_input: frontend_pb2.GenerateInput, prompt: Any) -> None
         )
 
 
-def _message(position: int, message: Any) -> dict[str, str]:
+def _message(position: int, message: Any) -> dict[str, Any]:
     param = f"messages[{position}]"
     if not isinstance(message, dict):
         raise invalid(f"{param} must be an object with role and content", param)
-    unknown = sorted(set(message) - _MESSAGE_FIELDS)
-    if unknown:
-        raise invalid(
-            f"{param} has unsupported field(s) {', '.join(unknown)}; messages take role, content and name",
-            param,
-        )
     role = message.get("role")
     if not isinstance(role, str) or not role:
         raise invalid(f"{param}.role must be a non-empty string", f"{param}.role")
@@ -253,9 +296,15 @@ def _message(position: int, message: Any) -> dict[str, str]:
                 )
             texts.append(part["text"])
         content = "".join(texts)
+    if content is None and (message.get("tool_calls") or role != "user"):
+        content = ""  # an assistant turn that only calls tools
     if not isinstance(content, str):
         raise invalid(f"{param}.content must be a string or a list of text parts", f"{param}.content")
-    rendered = {"role": role, "content": content}
+    rendered: dict[str, Any] = {"role": role, "content": content}
+    # Tool turns go to the chat template as they came, as transformers passes them.
+    for key in ("tool_calls", "tool_call_id"):
+        if message.get(key) is not None:
+            rendered[key] = message[key]
     name = message.get("name")
     if name is not None:
         if not isinstance(name, str):
@@ -268,7 +317,6 @@ def parse_chat_request(body: Any) -> ParsedRequest:
     """A /v1/chat/completions body -> ParsedRequest (prompt still to be rendered); raises ApiError(400)."""
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
-    _refuse_unknown(body, CHAT_FIELDS)
     _refuse_unsupported(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -279,14 +327,29 @@ def parse_chat_request(body: Any) -> ParsedRequest:
     limit_field = "max_tokens" if body.get("max_completion_tokens") is None else "max_completion_tokens"
     sampling = _sampling(body, limit_field)
     logprobs = bool(_optional(body, "logprobs", "bool"))
-    if _non_negative_int(body, "top_logprobs"):
-        raise invalid(
-            "top_logprobs > 0 asks for the most likely alternatives, which this server does not compute; "
-            "use logprobs: true alone for the log probability of each generated token",
-            "top_logprobs",
-        )
+    top_logprobs = _non_negative_int(body, "top_logprobs") or 0
+    if top_logprobs and not logprobs:
+        raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
+    if top_logprobs > MAX_TOP_LOGPROBS:
+        raise invalid(f"top_logprobs must be <= {MAX_TOP_LOGPROBS}, got {top_logprobs}", "top_logprobs")
     sampling.logprobs = 1 if logprobs else 0
-    stream, include_usage = _stream_flags(body)
+    sampling.top_logprobs = top_logprobs
+    stream, include_usage, continuous = _stream_flags(body)
+    kwargs = body.get("chat_template_kwargs") or {}
+    add_generation_prompt = _optional(body, "add_generation_prompt", "bool")
+    # vLLM's chat echo: a last message in the assistant's role is continued, and returned with it.
+    last = parsed_messages[-1]
+    echo = bool(_optional(body, "echo", "bool")) and last["role"] == "assistant"
     return ParsedRequest(
-        _model(body), _generate_input(body, sampling), stream, include_usage, logprobs, parsed_messages
+        _model(body),
+        _generate_input(body, sampling),
+        stream,
+        include_usage,
+        logprobs,
+        continuous,
+        echo_text=last.get("content") or "" if echo else "",
+        messages=parsed_messages,
+        chat_template=_optional(body, "chat_template", "str"),
+        chat_template_kwargs=dict(kwargs),
+        add_generation_prompt=True if add_generation_prompt is None else add_generation_prompt,
     )
