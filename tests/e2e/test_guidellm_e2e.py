@@ -71,7 +71,7 @@ def test_guidellm_streams_chat_and_completions_without_errors(tmp_path):
             if not line:
                 break
             lines.append(line)
-            match = re.match(r"OpenAI API at (http://\S+)/v1$", line.strip())
+            match = re.match(r"OpenAI-compatible HTTP API on (http://\S+)/v1$", line.strip())
             url = match.group(1) if match else None
         assert url, "".join(lines)
         for request_format in ("/v1/chat/completions", "/v1/completions"):
