@@ -182,7 +182,7 @@ class Scheduler:
         while i < len(running) and step.budget > 0 and step.batch_left > 0 and running_left > 0:
             seq = running[i]
             i += 1
-            if seq.in_flight:
+            if seq.in_flight or seq.held:
                 continue
             remaining = len(seq.token_ids) - seq.num_computed_tokens
             n = 1 if remaining <= 1 else step.tokens_for(remaining)  # the common decode first
@@ -304,6 +304,8 @@ class Scheduler:
             if not self.config.enable_preemption:
                 return free >= need, preempted
             victim = self._lowest_idle_running()
+            if victim is None:
+                return free >= need, preempted
             if victim is not seq:
                 self._preempt(victim, plan)
                 preempted = True
@@ -315,9 +317,9 @@ class Scheduler:
 
     def _lowest_idle_running(self) -> Sequence | None:
         """The lowest-ranked running sequence not in an outstanding plan (those cannot be preempted:
-        their blocks are being written and their next token is not known yet)."""
+        their blocks are being written and their next token is not known yet) nor migrating out."""
         for seq in reversed(self._running):
-            if not seq.in_flight:
+            if not seq.in_flight and not seq.migrating:
                 return seq
         return None
 
@@ -348,6 +350,9 @@ class Scheduler:
         if scheduled is None:
             return []
         return apply_step_results(self, scheduled, sampled)
+
+    def _insert_running(self, seq: Sequence) -> None:
+        bisect.insort(self._running, seq, key=_rank_key)
 
     def _fork(self, parent: Sequence) -> None:
         """Start completions 1..n-1: they share the prompt's blocks and copy the last one lazily."""

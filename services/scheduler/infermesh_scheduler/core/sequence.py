@@ -66,6 +66,9 @@ class Sequence:
     # In an outstanding plan: its next token is unknown until that plan's update(), so it is
     # neither scheduled again nor preempted until then.
     in_flight: bool = False
+    # Migrating out (core/migration.py): never preempted; once held, not scheduled either.
+    migrating: bool = False
+    held: bool = False
 
     def reset_to_waiting(self) -> bool:
         """Forget all KV progress: the sequence recomputes from its first token (prompt plus the
