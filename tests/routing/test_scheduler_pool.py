@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
-from infermesh_frontend.routing import ReplicaHealth
-from infermesh_frontend.scheduler_pool import NoSchedulerError, RequestContext, SchedulerPool
+from infermesh_frontend.routing import ReplicaHealth, RouteRequest
+from infermesh_frontend.scheduler_pool import NoSchedulerError, SchedulerPool
 from infermesh_shared.config.typed import FrontendRoutingConfig
 from infermesh_shared.discovery import RedisRegistration, StaticDiscovery, make_discovery
 from infermesh_shared.prefix_hash import first_block_hash
@@ -95,9 +95,9 @@ def make_pool(loop: LoopThread, addresses=(), policy="least_load", **kwargs) -> 
     return loop.run(build())
 
 
-def pick(loop: LoopThread, pool: SchedulerPool, context: RequestContext | None = None, exclude=()) -> str:
+def pick(loop: LoopThread, pool: SchedulerPool, route: RouteRequest | None = None, exclude=()) -> str:
     async def choose() -> str:
-        return pool.pick(context or RequestContext("r"), exclude).address
+        return pool.pick(route or RouteRequest(), exclude).address
 
     return loop.run(choose())
 
@@ -134,7 +134,7 @@ def test_dead_replica_is_skipped_and_used_again_when_back(loop, replicas) -> Non
 
 
 async def _pick_excluding_all(pool: SchedulerPool) -> None:
-    pool.pick(RequestContext("r"), exclude=pool.replicas)
+    pool.pick(RouteRequest(), exclude=pool.replicas)
 
 
 def test_prefix_aware_learns_block_size_and_follows_cached_prefixes(loop, replicas) -> None:
@@ -145,8 +145,8 @@ def test_prefix_aware_learns_block_size_and_follows_cached_prefixes(loop, replic
     pool = make_pool(loop, [a, b], policy="prefix_aware")
     try:
         wait_until(lambda: pool.policy.block_size == 16 and pool.table.load(b).cached_prefix_hashes)
-        assert pick(loop, pool, RequestContext("r", prompt)) == b
-        assert pick(loop, pool, RequestContext("r", list(range(100, 140)))) == a
+        assert pick(loop, pool, RouteRequest(prompt)) == b
+        assert pick(loop, pool, RouteRequest(list(range(100, 140)))) == a
     finally:
         loop.run(pool.close())
 

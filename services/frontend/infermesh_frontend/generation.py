@@ -13,16 +13,13 @@ import grpc
 from infermesh.v1 import common_pb2, scheduler_pb2
 from infermesh_shared.telemetry import activate_span
 
+from infermesh_frontend.attempt_outcome import AttemptOutcome, Done, Fail, Failover
 from infermesh_frontend.completion_output import CompletionDelta, CompletionOutput
 from infermesh_frontend.detokenizer import Detokenizer
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_tracing import RequestTrace
-from infermesh_frontend.scheduler_pool import (
-    NoSchedulerError,
-    RequestContext,
-    SchedulerPool,
-    SchedulerReplica,
-)
+from infermesh_frontend.routing import RouteRequest
+from infermesh_frontend.scheduler_pool import NoSchedulerError, SchedulerPool, SchedulerReplica
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +30,8 @@ class PreparedRequest:
 
     submit: scheduler_pb2.SubmitRequest
     stop_strings: list[str]
-    context: RequestContext
+    # What the dispatch policy looks at to choose a replica.
+    route: RouteRequest
     # Time allowed for the whole request (ms); 0 means none.
     timeout_ms: int = 0
     # Replicas the request may be tried on (it moves on only while none has answered yet).
@@ -82,6 +80,11 @@ class Generation:
         return self._request.submit.request_id
 
     @property
+    def reply_id(self) -> str:
+        """The id the client knows this request by: its own when it gave one."""
+        return self._request.client_request_id or self.request_id
+
+    @property
     def finished(self) -> bool:
         """True once every completion ended."""
         return all(output.finished for output in self.outputs)
@@ -103,38 +106,52 @@ class Generation:
         tried: list[SchedulerReplica] = []
         while True:
             try:
-                replica = self._pool.pick(self._request.context, exclude=tried)
+                replica = self._pool.pick(self._request.route, exclude=tried)
             except NoSchedulerError as error:
                 raise RequestError(
                     grpc.StatusCode.UNAVAILABLE, f"{error}; {self._pool.discovery_hint}"
                 ) from error
             tried.append(replica)
             self.replica = replica
-            retry = False
             is_last = len(tried) >= min(len(self._pool.replicas), max(1, self._request.max_attempts))
-            # aclosing: when our consumer stops early, the replica stream's cleanup (Abort) runs now.
-            async with contextlib.aclosing(self._stream_from(replica, is_last_replica=is_last)) as deltas:
-                async for delta in deltas:
-                    if delta is None:
-                        retry = True
+            outcome: AttemptOutcome = Done()
+            # aclosing: when our consumer stops early, the attempt's cleanup (Abort) runs now.
+            async with contextlib.aclosing(self._attempt(replica, self._submit_request(), is_last)) as items:
+                async for item in items:
+                    if not isinstance(item, CompletionDelta):
+                        outcome = item
                         break
-                    delta.request_id = self._request.client_request_id or self.request_id
-                    yield delta
-            if not retry:
+                    item.request_id = self.reply_id
+                    yield item
+            if isinstance(outcome, Fail):
+                raise outcome.error
+            if isinstance(outcome, Done):
                 return
+            if outcome.reason is not None:
+                self._pool.record_failover(outcome.reason)
 
-    async def _stream_from(
-        self, replica: SchedulerReplica, is_last_replica: bool
-    ) -> AsyncIterator[CompletionDelta | None]:
-        """Streams from one replica; yields None (and stops) when the request goes on at another
-        one: before its first token when the replica is unavailable, or mid-stream when the
-        replica dies or stops answering (then from the tokens already streamed)."""
+    def _submit_request(self) -> scheduler_pb2.SubmitRequest:
+        """A fresh SubmitRequest for the next attempt: the prepared one, continuing from the tokens
+        streamed so far (the prepared message itself is never edited)."""
+        submit = scheduler_pb2.SubmitRequest()
+        submit.CopyFrom(self._request.submit)
+        if len(self.outputs) == 1:
+            submit.resumed_output_token_ids.extend(self.outputs[0].token_ids)
+        return submit
+
+    async def _attempt(
+        self, replica: SchedulerReplica, submit: scheduler_pb2.SubmitRequest, is_last_replica: bool
+    ) -> AsyncIterator[CompletionDelta | AttemptOutcome]:
+        """Streams the request from one replica: its deltas, then (only when the request does not
+        simply end there) one AttemptOutcome. Failover before the first token when the replica is
+        unavailable, or mid-stream when it dies or stops answering (then from the tokens already
+        streamed); Fail for the scheduler's own verdict or when no replica is left."""
         deadline = self._request.deadline
         timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
         # Created with the stream span current, so the scheduler's spans join this request's trace.
         stream_span = self._trace.start_stream(replica.address)
         with activate_span(stream_span):
-            call = replica.stub.Submit(self._request.submit, timeout=timeout_s)
+            call = replica.stub.Submit(submit, timeout=timeout_s)
         watchdog = _StallWatchdog(call, replica, self._pool)
         scheduler_done = False
         received = False
@@ -171,19 +188,17 @@ class Generation:
                     raise  # our own task is being cancelled (the client went away)
                 # A deadline that fired on our side leaves the request live at the scheduler.
                 scheduler_done = error.code() != grpc.StatusCode.DEADLINE_EXCEEDED
-                self._check_rpc_error(error, replica, received, is_last_replica)
-                yield None
+                yield self._outcome_of(error, replica, received, is_last_replica)
                 return
             # The replica is DOWN and this stream went quiet: take the request elsewhere.
             self._pool.report_result(replica, grpc.StatusCode.UNAVAILABLE)
-            reason = f"scheduler {replica.address} stopped answering"
-            if is_last_replica or (received and not self._prepare_resume()):
-                raise RequestError(
-                    grpc.StatusCode.UNAVAILABLE, self._cannot_continue(reason, received)
-                ) from None
-            logger.warning("%s: request %s goes on at another replica", reason, self.request_id)
-            self._pool.record_failover("stalled")
-            yield None
+            yield self._failover_or_fail(
+                grpc.StatusCode.UNAVAILABLE,
+                f"scheduler {replica.address} stopped answering",
+                "stalled",
+                received,
+                is_last_replica,
+            )
         finally:
             RequestTrace.end_stream(stream_span, failure)
             watchdog.cancel()
@@ -192,12 +207,11 @@ class Generation:
                 call.cancel()
                 self._pool.send_abort(replica, self.request_id)
 
-    def _check_rpc_error(
+    def _outcome_of(
         self, error: grpc.aio.AioRpcError, replica: SchedulerReplica, received: bool, is_last_replica: bool
-    ) -> None:
-        """Returns when the request may go on at another replica; raises RequestError otherwise."""
+    ) -> AttemptOutcome:
+        """What a Submit call that ended with `error` means for the request."""
         code = error.code()
-        timeout_ms = self._request.timeout_ms
         if code == grpc.StatusCode.UNAVAILABLE and not received:
             transport_failed = replica.channel.get_state() != grpc.ChannelConnectivity.READY
             self._pool.report_result(replica, code if transport_failed else None)
@@ -205,51 +219,51 @@ class Generation:
                 logger.warning(
                     "scheduler %s unavailable (%s); trying another", replica.address, error.details()
                 )
-                return
+                return Failover(None)
             if transport_failed:
-                raise RequestError(
-                    code,
-                    f"no scheduler replica is reachable at {', '.join(self._pool.addresses)} "
-                    f"(last error: {error.details()}); {self._pool.discovery_hint}",
-                ) from error
+                return Fail(
+                    RequestError(
+                        code,
+                        f"no scheduler replica is reachable at {', '.join(self._pool.addresses)} "
+                        f"(last error: {error.details()}); {self._pool.discovery_hint}",
+                    )
+                )
         elif code == grpc.StatusCode.UNAVAILABLE:
             # Mid-stream: the replica died, shut down, or lost its workers for good.
             self._pool.report_result(replica, code)
             reason = f"scheduler {replica.address} went away in the middle of the request: {error.details()}"
-            if is_last_replica or not self._prepare_resume():
-                raise RequestError(code, self._cannot_continue(reason, received)) from error
-            logger.warning(
-                "%s; request %s goes on at another replica after %d tokens",
-                reason,
-                self.request_id,
-                len(self._request.submit.resumed_output_token_ids),
-            )
-            self._pool.record_failover("unavailable")
-            return
+            return self._failover_or_fail(code, reason, "unavailable", received, is_last_replica)
         else:
             self._pool.report_result(replica, code)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and "Deadline Exceeded" in (error.details() or ""):
             # gRPC's own deadline on our call fired (its wording, not the scheduler's message).
-            raise RequestError(
-                code, f"the request did not finish within its timeout of {timeout_ms} ms"
-            ) from error
+            timeout_ms = self._request.timeout_ms
+            return Fail(
+                RequestError(code, f"the request did not finish within its timeout of {timeout_ms} ms")
+            )
         # Everything else is the scheduler's own verdict: pass its status and message on as is.
-        raise RequestError(code, error.details() or code.name) from error
+        return Fail(RequestError(code, error.details() or code.name))
 
-    def _prepare_resume(self) -> bool:
-        """Makes the next Submit continue from the tokens already streamed; False when the
-        request cannot be resumed (n > 1: the scheduler resumes one completion only)."""
-        if len(self.outputs) != 1:
-            return False
-        submit = self._request.submit
-        del submit.resumed_output_token_ids[:]
-        submit.resumed_output_token_ids.extend(self.outputs[0].token_ids)
-        return len(submit.resumed_output_token_ids) < submit.sampling.max_tokens
-
-    def _cannot_continue(self, reason: str, received: bool) -> str:
+    def _failover_or_fail(
+        self, code: grpc.StatusCode, reason: str, label: str, received: bool, is_last_replica: bool
+    ) -> AttemptOutcome:
+        """Failover to another replica when one is left and the request can continue there."""
         if received and len(self.outputs) != 1:
-            return f"{reason}; a request with n > 1 cannot be resumed on another replica"
-        return f"{reason}; no other scheduler replica is left to continue on (failover_max_attempts)"
+            return Fail(
+                RequestError(code, f"{reason}; a request with n > 1 cannot be resumed on another replica")
+            )
+        streamed = len(self.outputs[0].token_ids) if received else 0
+        if is_last_replica or streamed >= self._request.submit.sampling.max_tokens:
+            return Fail(
+                RequestError(
+                    code,
+                    f"{reason}; no other scheduler replica is left to continue on (failover_max_attempts)",
+                )
+            )
+        logger.warning(
+            "%s; request %s goes on at another replica after %d tokens", reason, self.request_id, streamed
+        )
+        return Failover(label)
 
     def _take(self, response: scheduler_pb2.SubmitResponse) -> CompletionDelta | None:
         if response.index >= len(self.outputs):

@@ -11,27 +11,39 @@ import contextlib
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
-from infermesh.v1 import frontend_pb2, scheduler_pb2
+from infermesh.v1 import common_pb2, frontend_pb2, scheduler_pb2
 from infermesh_shared.config.typed import FrontendRequestConfig
 from infermesh_shared.telemetry import semconv as sc
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
-from infermesh_frontend.completion_output import CompletionDelta
+from infermesh_frontend.completion_output import CompletionDelta, CompletionOutput
 from infermesh_frontend.generation import Generation, PreparedRequest
 from infermesh_frontend.generation_metrics import GenerationTimer
 from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.request_bounds import RequestBounds, check_request_bounds
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_tracing import RequestTrace
+from infermesh_frontend.routing import RouteRequest
 from infermesh_frontend.sampling_params import InvalidRequestError, SamplingLimits, resolve_sampling_params
-from infermesh_frontend.scheduler_pool import RequestContext, SchedulerPool
+from infermesh_frontend.scheduler_pool import SchedulerPool
 from infermesh_frontend.tokenizer import FrontendTokenizer
 
 # Prompts shorter than this (characters) are tokenized inline: a thread hop costs more.
 _INLINE_TOKENIZE_CHARS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedRequest:
+    """A request run to its end: the id the client knows it by, each completion as the
+    Generation gathered it (text, token ids, logprobs, finish reason, matched stop), usage."""
+
+    request_id: str
+    outputs: list[CompletionOutput]
+    usage: common_pb2.Usage
 
 
 class RequestRunner:
@@ -104,18 +116,12 @@ class RequestRunner:
         )
         if request_input.HasField("priority"):
             submit.priority = request_input.priority
-        context = RequestContext(
-            request_id=request_id,
-            prompt_token_ids=prompt_ids,
-            session_id=request_input.session_id,
-            client_id=request_input.client_id,
-            cache_salt=request_input.cache_salt,
-        )
+        route = RouteRequest(prompt_ids, request_input.session_id, request_input.cache_salt)
         client = request_input.sampling
         return PreparedRequest(
             submit,
             list(request_input.sampling.stop),
-            context,
+            route,
             timeout_ms,
             self._failover_max_attempts,
             client_request_id=request_input.request_id,
@@ -133,17 +139,29 @@ class RequestRunner:
             return self.tokenizer.encode(text, add_special_tokens=True)
         return await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens=True)
 
+    async def complete(
+        self, request_input: frontend_pb2.GenerateInput, operation: str = sc.OPERATION_TEXT_COMPLETION
+    ) -> CompletedRequest:
+        """Runs one request to its end for an API that answers once; raises RequestError."""
+        started: list[Generation] = []
+        async with contextlib.aclosing(self.run(request_input, False, operation, started.append)) as deltas:
+            async for _ in deltas:
+                pass
+        [generation] = started
+        return CompletedRequest(generation.reply_id, generation.outputs, generation.usage())
+
     async def run(
         self,
         request_input: frontend_pb2.GenerateInput,
         stream: bool = False,
         operation: str = sc.OPERATION_TEXT_COMPLETION,
+        on_start: Callable[[Generation], None] | None = None,
     ) -> AsyncIterator[CompletionDelta]:
         """Prepares, runs, times and traces one request; yields its deltas; raises RequestError.
 
         The request's span (its gen_ai.operation.name is `operation`) is a child of the span
         current at the first iteration. Closing the iterator early (the client went away) aborts
-        the request at the scheduler.
+        the request at the scheduler. `on_start` is handed the Generation once it exists.
         """
         timer = GenerationTimer(self._metrics, operation, self._served_model_name)
         request_trace = RequestTrace(stream, operation=operation)
@@ -159,6 +177,8 @@ class RequestRunner:
                 self.tokenizer.detokenizer, skip_special_tokens=prepared.skip_special_tokens
             )
             generation = Generation(self._pool, prepared, new_detokenizer, request_trace)
+            if on_start is not None:
+                on_start(generation)
             async with contextlib.aclosing(generation.stream()) as deltas:
                 async for delta in deltas:
                     timer.tokens_arrived(len(delta.token_ids))

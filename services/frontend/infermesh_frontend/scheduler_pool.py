@@ -38,17 +38,6 @@ SUPPORTED_DISPATCH_POLICIES = DISPATCH_POLICIES
 
 
 @dataclass(slots=True)
-class RequestContext:
-    """What a routing policy may look at when it picks a replica for a request."""
-
-    request_id: str
-    prompt_token_ids: Sequence[int] = ()
-    session_id: str = ""
-    client_id: str = ""
-    cache_salt: str = ""
-
-
-@dataclass(slots=True)
 class SchedulerReplica:
     """One scheduler: its address, channel and stub, and whether its last call reached it."""
 
@@ -144,10 +133,8 @@ class SchedulerPool:
             "redis": "start a scheduler with --redis-url pointing at the same Redis",
         }.get(self.monitor.discovery.kind, "start a scheduler")
 
-    def pick(
-        self, request_context: RequestContext, exclude: Sequence[SchedulerReplica] = ()
-    ) -> SchedulerReplica:
-        """Returns the replica to send `request_context` to, never one in `exclude`, and counts
+    def pick(self, route: RouteRequest, exclude: Sequence[SchedulerReplica] = ()) -> SchedulerReplica:
+        """Returns the replica to send the request to, never one in `exclude`, and counts
         the request on it (call `release` when the request ends there).
 
         Raises NoSchedulerError when no replica that is up is left.
@@ -159,12 +146,7 @@ class SchedulerPool:
                 ", ".join(self.addresses) or f"(none found by discovery = {self.monitor.discovery.kind})"
             )
             raise NoSchedulerError(f"no scheduler replica is reachable at {addresses}")
-        chosen = self.policy.pick(
-            RouteRequest(
-                request_context.prompt_token_ids, request_context.session_id, request_context.cache_salt
-            ),
-            candidates,
-        )
+        chosen = self.policy.pick(route, candidates)
         assert chosen is not None  # candidates is non-empty
         self.table.record_dispatch(chosen.address)
         if self.metrics is not None:

@@ -10,7 +10,6 @@ import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
 
 from infermesh_frontend.client_auth import ApiKeys, grpc_authorization, tenant_cache_salt
-from infermesh_frontend.completion_collector import CollectedCompletion
 from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_runner import RequestRunner
@@ -27,54 +26,45 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
         self._tokenizer = runner.tokenizer
         self._model_info = runner.model_info
 
-    def _run(
-        self,
-        request_input: frontend_pb2.GenerateInput,
-        context: grpc.aio.ServicerContext,
-        stream: bool = False,
-    ) -> AsyncIterator[CompletionDelta]:
+    def _authorize(
+        self, request_input: frontend_pb2.GenerateInput, context: grpc.aio.ServicerContext
+    ) -> None:
         # The interceptor let the call in; the key also names its tenant's cache namespace.
         tenant, _ = self._api_keys.authenticate(grpc_authorization(context.invocation_metadata()))
         request_input.cache_salt = tenant_cache_salt(tenant, request_input.cache_salt)
-        # Started inside the RPC's server span, which becomes the request span's parent.
-        return self._runner.run(request_input, stream)
 
     async def Generate(
         self, request: frontend_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> frontend_pb2.GenerateResponse:
-        completions: dict[int, CollectedCompletion] = {}
-        request_id = ""
-        usage = None
+        self._authorize(request.input, context)
         try:
-            async with contextlib.aclosing(self._run(request.input, context)) as deltas:
-                async for delta in deltas:
-                    completions.setdefault(delta.index, CollectedCompletion()).add(delta)
-                    request_id = delta.request_id
-                    if delta.usage is not None:
-                        usage = delta.usage
+            done = await self._runner.complete(request.input)
         except RequestError as error:
             await context.abort(error.code, error.message)
         return frontend_pb2.GenerateResponse(
-            request_id=request_id,
+            request_id=done.request_id,
             completions=[
                 frontend_pb2.Completion(
-                    index=i,
-                    text=c.text,
-                    token_ids=c.token_ids,
-                    finish_reason=c.finish_reason,
-                    logprobs=c.logprobs,
-                    matched_stop=c.matched_stop,
+                    index=output.index,
+                    text=output.text,
+                    token_ids=output.token_ids,
+                    finish_reason=output.finish_reason,
+                    logprobs=output.logprobs,
+                    matched_stop=output.matched_stop,
                 )
-                for i, c in sorted(completions.items())
+                for output in done.outputs
             ],
-            usage=usage,
+            usage=done.usage,
         )
 
     async def GenerateStream(
         self, request: frontend_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[frontend_pb2.GenerateStreamResponse]:
         try:
-            async with contextlib.aclosing(self._run(request.input, context, stream=True)) as deltas:
+            self._authorize(request.input, context)
+            # Started inside the RPC's server span, which becomes the request span's parent.
+            deltas = self._runner.run(request.input, stream=True)
+            async with contextlib.aclosing(deltas):
                 async for delta in deltas:
                     yield _stream_message(delta)
         except RequestError as error:
