@@ -59,7 +59,7 @@ def fake_server(loop: LoopThread) -> Iterator[tuple[FakeScheduler, str]]:
         yield served
 
 
-def _start_frontend(loop: LoopThread, model_dir: Path, addresses: list[str]) -> FrontendServer:
+def _start_frontend(loop: LoopThread, model_dir: Path, addresses: list[str], **options) -> FrontendServer:
     async def start() -> FrontendServer:
         settings = config_from_options(
             "frontend",
@@ -69,6 +69,7 @@ def _start_frontend(loop: LoopThread, model_dir: Path, addresses: list[str]) -> 
             http_port=free_port(),
             default_max_tokens=16,
             health_check_interval_ms=100,
+            **options,
         )
         server = FrontendServer(settings)
         await server.start()
@@ -330,3 +331,21 @@ def test_stopping_the_server_aborts_requests_in_flight(
     while not fake.aborts and time.monotonic() < deadline:
         time.sleep(0.02)
     assert fake.aborts == [fake.submits[-1].request_id]
+
+
+def test_strict_request_fields_refuses_unknown_fields_by_name(
+    loop: LoopThread, model_dir: Path, fake_server: tuple[FakeScheduler, str], base_url: str
+) -> None:
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 1, "some_future_field": 1}
+    # Default (as vLLM): ignored.
+    status, _ = _post(f"{base_url}/completions", body)
+    assert status == 200
+    server = _start_frontend(loop, model_dir, [fake_server[1]], strict_request_fields=True)
+    try:
+        assert server.http_server is not None
+        status, answer = _post(f"http://127.0.0.1:{server.http_server.port}/v1/completions", body)
+        assert status == 400
+        assert answer["error"]["param"] == "some_future_field"
+        assert "strict_request_fields" in answer["error"]["message"]
+    finally:
+        loop.run(server.stop(0))
