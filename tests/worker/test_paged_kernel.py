@@ -41,6 +41,27 @@ def test_a_kernel_that_does_not_build_falls_back_and_says_why(tmp_path, monkeypa
     assert ext.load_paged_attention() is None
 
 
+def test_a_build_lock_left_by_a_killed_builder_does_not_block_the_next_build(tmp_path, monkeypatch):
+    import types
+
+    from infermesh_worker.kernels import paged_attention_ext as ext
+
+    monkeypatch.setattr(ext, "_loaded", {})
+    monkeypatch.setenv(ext.DIR_ENV, str(tmp_path / "build"))
+    directory = ext.build_dir()
+    directory.mkdir(parents=True)
+    (directory / "lock").write_text("")  # what torch's build leaves when its process is SIGKILLed
+    seen = []
+
+    def fake_build(build_directory):
+        seen.append((build_directory / "lock").exists())
+        return types.SimpleNamespace(paged_attention="kernel")
+
+    monkeypatch.setattr(ext, "_build", fake_build)
+    assert ext.load_paged_attention() == "kernel"
+    assert seen == [False]
+
+
 @needs_kernel
 @settings(max_examples=40, deadline=None)
 @given(

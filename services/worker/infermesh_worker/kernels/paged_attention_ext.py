@@ -7,13 +7,15 @@ so a worker's first start does not pay the compile.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -66,17 +68,11 @@ def _load(build_if_missing: bool) -> Callable | None:
         logger.warning("paged-attention kernel not built in %s: using the torch path", directory)
         return None
     try:
-        from torch.utils import cpp_extension
-
         directory.mkdir(parents=True, exist_ok=True)
-        module = cpp_extension.load(
-            name=MODULE,
-            sources=[str(SOURCE)],
-            build_directory=str(directory),
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+        with _build_guard(directory):
+            if built.is_file():  # another process built it while this one waited
+                return _import(built)
+            module = _build(directory)
     except Exception as exc:  # any build or load failure means: fall back, and say why
         logger.warning(
             "paged-attention kernel unavailable (%s: %s): using the torch path", type(exc).__name__, exc
@@ -84,6 +80,36 @@ def _load(build_if_missing: bool) -> Callable | None:
         return None
     logger.info("paged-attention kernel loaded from %s", directory)
     return module.paged_attention
+
+
+@contextmanager
+def _build_guard(directory: Path) -> Iterator[None]:
+    """One builder per directory at a time, by an flock the OS releases when its holder dies.
+
+    torch's own build lock is a plain file: a process killed mid-build leaves it behind and every
+    later build waits on it forever. Holding the flock means no live process is building, so that
+    file, if present, is stale and is removed.
+    """
+    with open(directory / "build.flock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            (directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+
+
+def _build(directory: Path):
+    from torch.utils import cpp_extension
+
+    return cpp_extension.load(
+        name=MODULE,
+        sources=[str(SOURCE)],
+        build_directory=str(directory),
+        extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math"],
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
 
 
 def _import(path: Path) -> Callable:
