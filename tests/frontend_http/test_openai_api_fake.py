@@ -334,7 +334,11 @@ def test_stopping_the_server_aborts_requests_in_flight(
 
 
 def test_strict_request_fields_refuses_unknown_fields_by_name(
-    loop: LoopThread, model_dir: Path, fake_server: tuple[FakeScheduler, str], base_url: str
+    loop: LoopThread,
+    model_dir: Path,
+    fake_server: tuple[FakeScheduler, str],
+    fake: FakeScheduler,
+    base_url: str,
 ) -> None:
     body = {"model": MODEL, "prompt": "Hi", "max_tokens": 1, "some_future_field": 1}
     # Default (as vLLM): ignored.
