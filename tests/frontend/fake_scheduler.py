@@ -1,6 +1,7 @@
 """A real gRPC SchedulerService that streams canned token ids, for testing the frontend alone.
 
-It records every Submit, Abort and cancelled Submit so tests can check what the frontend did.
+It refuses what the real scheduler's check_request refuses and records every other Submit, every
+Abort and cancelled Submit, so tests can check what the frontend did.
 Everything runs on one asyncio loop in a background thread, so sync tests can drive it.
 """
 
@@ -14,6 +15,9 @@ from typing import Any
 
 import grpc
 from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from infermesh_scheduler.core.errors import InvalidRequestError
+from infermesh_scheduler.core.request_check import RequestLimits, check_request
+from infermesh_scheduler.request_codec import spec_from_submit
 
 # Bounds an "endless" stream so a frontend that never aborts cannot hang a test forever.
 ENDLESS_STEP_LIMIT = 2000
@@ -35,6 +39,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
             pp_size=1,
             dtype="fp32",
         )
+        self.limits = RequestLimits(vocab_size, max_model_len, enable_cow=True)
         self.tokens: list[int] = []
         # Completion index -> its own tokens (others get `tokens`).
         self.tokens_by_index: dict[int, list[int]] = {}
@@ -51,10 +56,18 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.cancelled: list[str] = []
 
     async def Submit(self, request: scheduler_pb2.SubmitRequest, context: grpc.aio.ServicerContext):
+        if self.error is not None:
+            self.submits.append(request)
+            self.time_remaining.append(context.time_remaining())
+            await context.abort(*self.error)
+        try:
+            # The real scheduler's request rules, so the frontend is tested against its messages;
+            # a refused request is not recorded (it was never admitted).
+            check_request(spec_from_submit(request, 0, None), self.limits)
+        except InvalidRequestError as invalid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, invalid.message)
         self.submits.append(request)
         self.time_remaining.append(context.time_remaining())
-        if self.error is not None:
-            await context.abort(*self.error)
         n = request.sampling.n
         try:
             if self.endless:

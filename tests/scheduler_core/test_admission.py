@@ -55,7 +55,11 @@ def test_drop_oldest_skips_requests_already_running():
     ("overrides", "spec_kwargs", "fragment"),
     [
         ({}, dict(prompt=[]), "prompt_token_ids is empty"),
-        ({"max_model_len": 20}, dict(prompt=list(range(1, 15)), max_tokens=8), "exceeds max_model_len 20"),
+        (
+            {"max_model_len": 20},
+            dict(prompt=list(range(1, 15)), max_tokens=8),
+            "exceeds the model's max_model_len of 20",
+        ),
         ({"vocab_size": 50}, dict(prompt=[1, 50]), "outside the vocabulary"),
         ({"enable_cow": False}, dict(prompt=[1, 2], n=2), "enable_cow=true"),
         ({"num_blocks": 4}, dict(prompt=list(range(1, 14)), max_tokens=8), "KV blocks"),

@@ -33,18 +33,19 @@ def submit_error(stub, request) -> grpc.RpcError:
 INVALID_CASES = [
     (dict(prompt=[]), "prompt_token_ids is empty"),
     (dict(prompt=[1, 2, VOCAB_SIZE + 5]), f"token id {VOCAB_SIZE + 5} at position 2"),
-    (dict(max_tokens=0), "max_tokens is 0"),
+    (dict(max_tokens=0), "max_tokens must be >= 1, got 0"),
     (
         dict(prompt=[1] * 200, max_tokens=100),
-        f"prompt (200 tokens) + max_tokens (100) = 300 exceeds max_model_len {MAX_POSITIONS}",
+        "prompt (200 tokens) + max_tokens (100) = 300 tokens exceeds "
+        f"the model's max_model_len of {MAX_POSITIONS}",
     ),
-    (dict(temperature=-0.5), "temperature is -0.5"),
-    (dict(top_p=0.0), "top_p is 0.0"),
-    (dict(top_p=1.5), "top_p is 1.5"),
-    (dict(top_k=-1), "top_k is -1"),
-    (dict(min_p=1.5), "min_p is 1.5"),
-    (dict(min_p=-0.1), "min_p is -0.1"),
-    (dict(n=0), "n is 0"),
+    (dict(temperature=-0.5), "temperature must be >= 0 (0 means greedy), got -0.5"),
+    (dict(top_p=0.0), "top_p must be in (0, 1] (1 disables it), got 0.0"),
+    (dict(top_p=1.5), "top_p must be in (0, 1] (1 disables it), got 1.5"),
+    (dict(top_k=-1), "top_k must be >= 0 (0 disables it), got -1"),
+    (dict(min_p=1.5), "min_p must be in [0, 1] (0 disables it), got 1.5"),
+    (dict(min_p=-0.1), "min_p must be in [0, 1] (0 disables it), got -0.1"),
+    (dict(n=0), "n (number of completions) must be >= 1, got 0"),
 ]
 
 

@@ -31,7 +31,7 @@ from infermesh_scheduler.plan_codec import plan_to_proto, tokens_from_proto
 from infermesh_scheduler.request_stream import RequestStream
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
 from infermesh_scheduler.status_table import status_of_end, status_of_refusal
-from infermesh_scheduler.submit_validation import SubmitRejected
+from infermesh_scheduler.submit_rejected import SubmitRejected
 from infermesh_scheduler.worker_group import GroupState, WorkerGroup, WorkerGroupFailure
 
 logger = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ import time
 
 from infermesh.v1 import common_pb2, scheduler_pb2
 
+from infermesh_scheduler.core.errors import InvalidRequestError
 from infermesh_scheduler.core.request import (
     FinishReason,
     PriorityClass,
@@ -53,8 +54,21 @@ def sampling_from_proto(params: common_pb2.SamplingParams) -> SamplingOptions:
 def spec_from_submit(
     request: scheduler_pb2.SubmitRequest, default_priority: int, timeout_s: float | None
 ) -> RequestSpec:
-    """The core's RequestSpec for a validated SubmitRequest whose call has timeout_s left (the
-    remaining time of its gRPC deadline; None without one)."""
+    """The core's RequestSpec for a SubmitRequest whose call has timeout_s left (the remaining
+    time of its gRPC deadline; None without one). Raises InvalidRequestError when the message
+    itself is malformed; what it asks for is check_request's to judge."""
+    if not request.HasField("sampling"):
+        raise InvalidRequestError(
+            "sampling is missing: set at least sampling.max_tokens (>= 1) and sampling.n (>= 1)"
+        )
+    if request.priority_class not in _PRIORITY_CLASS:
+        allowed = ", ".join(common_pb2.PriorityClass.keys())
+        raise InvalidRequestError(f"priority_class {request.priority_class} is unknown: use one of {allowed}")
+    if request.deadline_unix_ms:
+        raise InvalidRequestError(
+            "deadline_unix_ms is no longer read (a wall-clock instant breaks with clock skew between "
+            "hosts): leave it 0 and set the gRPC deadline (timeout) of the Submit call instead"
+        )
     return RequestSpec(
         request_id=request.request_id,
         prompt_token_ids=list(request.prompt_token_ids),

@@ -30,13 +30,13 @@ from infermesh_shared.telemetry import (
 )
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
+from infermesh_scheduler.core.request_check import RequestLimits
 from infermesh_scheduler.core.scheduler import Scheduler
 from infermesh_scheduler.engine_loop import EngineLoop
 from infermesh_scheduler.model_info import build_model_info, model_name
 from infermesh_scheduler.request_telemetry import build_scheduler_telemetry
 from infermesh_scheduler.servicer import SchedulerServicer
 from infermesh_scheduler.serving_health import ServingHealth
-from infermesh_scheduler.submit_validation import ModelLimits
 from infermesh_scheduler.worker_endpoint import WorkerEndpointError, listen_address
 from infermesh_scheduler.worker_group import WorkerGroup
 
@@ -125,7 +125,7 @@ async def serve(cfg: SchedulerConfig, metadata: ModelMetadata, stop: asyncio.Eve
             engine,
             group,
             health,
-            ModelLimits(metadata.vocab_size, max_model_len),
+            RequestLimits(metadata.vocab_size, max_model_len, cfg.enable_cow),
             cfg.default_priority,
             model_info,
             telemetry,

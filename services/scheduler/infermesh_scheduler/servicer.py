@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator
 import grpc
 from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
+from infermesh_scheduler.core.errors import InvalidRequestError
+from infermesh_scheduler.core.request_check import RequestLimits, check_request
 from infermesh_scheduler.engine_loop import EngineLoop
 from infermesh_scheduler.load_response import load_response
 from infermesh_scheduler.request_codec import response_from_output, spec_from_submit
 from infermesh_scheduler.request_stream import StreamError
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
 from infermesh_scheduler.serving_health import ServingHealth
-from infermesh_scheduler.submit_validation import ModelLimits, SubmitRejected, validate_submit
+from infermesh_scheduler.status_table import status_of_refusal
+from infermesh_scheduler.submit_rejected import SubmitRejected
 from infermesh_scheduler.worker_group import GroupFull, NameTaken, WorkerGroup
 
 logger = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         engine: EngineLoop,
         group: WorkerGroup,
         health: ServingHealth,
-        limits: ModelLimits,
+        limits: RequestLimits,
         default_priority: int,
         model_info: common_pb2.ModelInfo,
         telemetry: SchedulerTelemetry | None = None,
@@ -47,7 +50,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.SubmitRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scheduler_pb2.SubmitResponse]:
         try:
-            validate_submit(request, self._limits)
+            try:
+                spec = spec_from_submit(request, self._default_priority, None)
+                # Before the request waits for the worker group or for queue room.
+                check_request(spec, self._limits)
+            except InvalidRequestError as invalid:
+                raise SubmitRejected(*status_of_refusal(invalid)) from None
             # The request's deadline is this call's gRPC deadline: time left, not a wall-clock
             # instant from another host's clock.
             timeout_s = context.time_remaining()
@@ -57,7 +65,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                     "the request's deadline passed before it reached the scheduler",
                 )
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            spec = spec_from_submit(request, self._default_priority, timeout_s)
+            spec.timeout_s = timeout_s
             stream = await self._engine.submit(spec, request.non_blocking, deadline)
             if self._telemetry is not None:
                 self._telemetry.request_described(request.request_id, request.operation)

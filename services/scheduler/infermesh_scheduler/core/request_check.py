@@ -1,65 +1,158 @@
-"""The rules a request must pass before the scheduler core queues it (pure: no scheduler state
-except the caller's knowledge of which request ids are live)."""
+"""The one place the request rules live: what a request may ask of this model and scheduler.
+
+Pure (no gRPC, no scheduler state): the scheduler's servicer calls check_request before a request
+waits for the worker group or for queue room, and the core's admission calls it again (with the
+sized pool) so the core never holds an unchecked request; tests and the simulator drive the core
+directly. The frontend checks only what needs text (stop strings, the prompt's bytes) and passes
+these messages on to its clients unchanged; the worker trusts the plan. Only a rule that needs
+the live request table (a duplicate request id) is checked elsewhere (RequestTable.check_new)."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
 from infermesh_scheduler.core.errors import InvalidRequestError
 from infermesh_scheduler.core.kv_manager import request_worst_blocks
-from infermesh_scheduler.core.request import RequestSpec
+from infermesh_scheduler.core.request import RequestSpec, SamplingOptions
 
 
-def check_request(spec: RequestSpec, cfg: SchedulerCoreConfig) -> None:
-    """Raise InvalidRequestError naming the first rule spec breaks (a message a person can act on)."""
+@dataclass(slots=True, frozen=True)
+class RequestLimits:
+    """What the served model and this scheduler accept."""
+
+    # Token ids must be below this; 0 = unknown (the check is skipped).
+    vocab_size: int
+    # Longest prompt + output of one request (tokens).
+    max_model_len: int
+    # n > 1 shares the prompt's KV blocks copy-on-write: only allowed when enabled.
+    enable_cow: bool
+    # The KV pool: 0 blocks = not sized yet (the workers report it), so the fit is judged at
+    # admission. preemption_threshold blocks are kept back when nothing can be preempted.
+    block_size: int = 0
+    num_blocks: int = 0
+    enable_preemption: bool = True
+    preemption_threshold: int = 0
+
+    @classmethod
+    def of(cls, cfg: SchedulerCoreConfig) -> RequestLimits:
+        """The limits of a running core (its pool is sized)."""
+        return cls(
+            cfg.vocab_size,
+            cfg.max_model_len,
+            cfg.enable_cow,
+            cfg.block_size,
+            cfg.num_blocks,
+            cfg.enable_preemption,
+            cfg.preemption_threshold,
+        )
+
+
+def check_request(spec: RequestSpec, limits: RequestLimits) -> None:
+    """Raises InvalidRequestError naming the first rule `spec` breaks and how to fix it."""
+    if not spec.request_id:
+        raise InvalidRequestError("request_id is empty: give each request a unique id (it is used by Abort)")
+    prompt = spec.prompt_token_ids
+    if not prompt:
+        raise InvalidRequestError("prompt_token_ids is empty: a request needs at least one prompt token")
     s = spec.sampling
-    rid = spec.request_id
-    prompt_len = len(spec.prompt_token_ids)
-    if prompt_len == 0:
-        raise InvalidRequestError(f"request {rid!r}: prompt_token_ids is empty")
+    _check_sampling(s)
+    for ids, what in (
+        (prompt, "prompt"),
+        (spec.resumed_output_token_ids, "resumed output"),
+        (s.stop_token_ids, "stop"),
+        ([token for token, _ in s.logit_bias], "logit_bias"),
+    ):
+        _check_token_ids(ids, what, limits.vocab_size)
+    total = len(prompt) + s.max_tokens
+    if total > limits.max_model_len:
+        raise InvalidRequestError(
+            f"prompt ({len(prompt)} tokens) + max_tokens ({s.max_tokens}) = {total} tokens exceeds the "
+            f"model's max_model_len of {limits.max_model_len} tokens; shorten the prompt or lower max_tokens"
+        )
+    resumed = len(spec.resumed_output_token_ids)
+    if resumed and resumed >= s.max_tokens:
+        raise InvalidRequestError(
+            f"resumed_output_token_ids has {resumed} tokens, which already reach max_tokens "
+            f"({s.max_tokens}): nothing is left to generate"
+        )
+    if resumed and s.n > 1:
+        raise InvalidRequestError(
+            "resumed_output_token_ids needs n == 1: a resumed request has one completion"
+        )
+    if s.n > 1 and not limits.enable_cow:
+        raise InvalidRequestError(
+            f"n={s.n} needs completions to share the prompt's KV blocks copy-on-write; "
+            "start the scheduler with enable_cow=true or send n=1"
+        )
+    if limits.num_blocks:
+        _check_fits_the_pool(len(prompt), s, limits)
+
+
+def _check_sampling(s: SamplingOptions) -> None:
+    for name, value in (("temperature", s.temperature), ("top_p", s.top_p), ("min_p", s.min_p)):
+        if not math.isfinite(value):
+            raise InvalidRequestError(f"{name} must be a finite number, got {value}")
     if s.max_tokens < 1:
-        raise InvalidRequestError(f"request {rid!r}: max_tokens must be >= 1, got {s.max_tokens}")
+        raise InvalidRequestError(f"max_tokens must be >= 1, got {s.max_tokens}")
+    if s.temperature < 0:
+        raise InvalidRequestError(f"temperature must be >= 0 (0 means greedy), got {s.temperature}")
+    if not 0 < s.top_p <= 1:
+        raise InvalidRequestError(f"top_p must be in (0, 1] (1 disables it), got {s.top_p}")
+    if s.top_k < 0:
+        raise InvalidRequestError(f"top_k must be >= 0 (0 disables it), got {s.top_k}")
+    if not 0 <= s.min_p <= 1:
+        raise InvalidRequestError(f"min_p must be in [0, 1] (0 disables it), got {s.min_p}")
     if s.n < 1:
-        raise InvalidRequestError(f"request {rid!r}: n must be >= 1, got {s.n}")
-    if s.n > 1 and not cfg.enable_cow:
+        raise InvalidRequestError(f"n (number of completions) must be >= 1, got {s.n}")
+    if s.logprobs < 0:
+        raise InvalidRequestError(f"logprobs must be >= 0, got {s.logprobs}")
+    _check_adjustments(s)
+
+
+def _check_adjustments(s: SamplingOptions) -> None:
+    # vLLM's ranges for the OpenAI sampling extras.
+    for name, value in (("presence_penalty", s.presence_penalty), ("frequency_penalty", s.frequency_penalty)):
+        if not (math.isfinite(value) and -2 <= value <= 2):
+            raise InvalidRequestError(f"{name} must be in [-2, 2], got {value}")
+    if not (math.isfinite(s.repetition_penalty) and 0 < s.repetition_penalty <= 2):
         raise InvalidRequestError(
-            f"request {rid!r}: n={s.n} needs completions to share the prompt's KV blocks "
-            "copy-on-write; start the scheduler with enable_cow=true or send n=1"
+            f"repetition_penalty must be in (0, 2] (1 disables it), got {s.repetition_penalty}"
         )
-    if s.n > 1 and spec.resumed_output_token_ids:
-        raise InvalidRequestError(f"request {rid!r}: resumed_output_token_ids cannot be combined with n > 1")
-    if cfg.vocab_size:
-        for tokens, what in (
-            (spec.prompt_token_ids, "prompt"),
-            (spec.resumed_output_token_ids, "resumed output"),
-        ):
-            bad = [t for t in tokens if t < 0 or t >= cfg.vocab_size]
-            if bad:
-                raise InvalidRequestError(
-                    f"request {rid!r}: {what} token id {bad[0]} is outside the vocabulary "
-                    f"[0, {cfg.vocab_size})"
-                )
-    if prompt_len + s.max_tokens > cfg.max_model_len:
-        raise InvalidRequestError(
-            f"request {rid!r}: prompt ({prompt_len} tokens) + max_tokens ({s.max_tokens}) = "
-            f"{prompt_len + s.max_tokens} exceeds max_model_len {cfg.max_model_len}; "
-            "shorten the prompt or lower max_tokens"
-        )
-    if len(spec.resumed_output_token_ids) >= s.max_tokens:
-        raise InvalidRequestError(
-            f"request {rid!r}: {len(spec.resumed_output_token_ids)} resumed output tokens already reach "
-            f"max_tokens {s.max_tokens}"
-        )
-    bs = cfg.block_size
-    if cfg.enable_preemption:
+    for token, bias in s.logit_bias:
+        if not (math.isfinite(bias) and -100 <= bias <= 100):
+            raise InvalidRequestError(f"logit_bias[{token}] must be in [-100, 100], got {bias}")
+    if s.top_logprobs > 20:
+        raise InvalidRequestError(f"top_logprobs must be <= 20, got {s.top_logprobs}")
+    if s.min_tokens > s.max_tokens:
+        raise InvalidRequestError(f"min_tokens ({s.min_tokens}) must be <= max_tokens ({s.max_tokens})")
+
+
+def _check_token_ids(ids: Sequence[int], what: str, vocab_size: int) -> None:
+    if not ids or (min(ids) >= 0 and not (vocab_size and max(ids) >= vocab_size)):
+        return  # the common case, at C speed
+    for position, token in enumerate(ids):
+        if token < 0 or (vocab_size and token >= vocab_size):
+            raise InvalidRequestError(
+                f"{what} token id {token} at position {position} is outside the vocabulary: "
+                f"the model's vocab_size is {vocab_size}, so ids must be in [0, {vocab_size})"
+            )
+
+
+def _check_fits_the_pool(prompt_len: int, s: SamplingOptions, limits: RequestLimits) -> None:
+    bs = limits.block_size
+    if limits.enable_preemption:
         # A preempted child recomputes without sharing, so count every completion in full;
         # the top-ranked request may use the preemption_threshold reserve.
-        need, room = s.n * -(-(prompt_len + s.max_tokens) // bs), cfg.num_blocks
+        need, room = s.n * -(-(prompt_len + s.max_tokens) // bs), limits.num_blocks
     else:
         # Nothing can be evicted: the whole request must fit beside the reserve.
         need = request_worst_blocks(prompt_len, s.max_tokens, s.n, bs)
-        room = cfg.num_blocks - cfg.preemption_threshold
+        room = limits.num_blocks - limits.preemption_threshold
     if need > room:
         raise InvalidRequestError(
-            f"request {rid!r}: prompt + max_tokens (x n={s.n}) need up to {need} KV blocks of "
-            f"{bs} tokens but only {room} can ever be given to one request; lower max_tokens or n"
+            f"prompt + max_tokens (x n={s.n}) need up to {need} KV blocks of {bs} tokens but only "
+            f"{room} can ever be given to one request; lower max_tokens or n"
         )

@@ -17,7 +17,7 @@ from infermesh_scheduler.core.request import (
     RequestSpec,
     Usage,
 )
-from infermesh_scheduler.core.request_check import check_request
+from infermesh_scheduler.core.request_check import RequestLimits, check_request
 from infermesh_scheduler.core.sequence import RequestState, Sequence
 
 
@@ -42,7 +42,7 @@ class RequestTable:
     def check_new(self, spec: RequestSpec) -> None:
         if spec.request_id in self.requests:
             raise InvalidRequestError(f"request_id {spec.request_id!r} is already in use by a live request")
-        check_request(spec, self._cfg)
+        check_request(spec, RequestLimits.of(self._cfg))
 
     def overflow_victim(
         self, spec: RequestSpec, waiting: Iterable[Sequence]
