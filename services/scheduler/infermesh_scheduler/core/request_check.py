@@ -3,8 +3,8 @@
 Pure (no gRPC, no scheduler state): the scheduler's servicer calls check_request before a request
 waits for the worker group or for queue room, and the core's admission calls it again (with the
 sized pool) so the core never holds an unchecked request; tests and the simulator drive the core
-directly. The frontend checks only what needs text (stop strings, the prompt's bytes) and passes
-these messages on to its clients unchanged; the worker trusts the plan. Only a rule that needs
+directly. (The frontend's sampling_params.py and the worker's plan_state.py still repeat some of
+these ranges; they are to go, leaving the frontend what needs text.) Only a rule that needs
 the live request table (a duplicate request id) is checked elsewhere (RequestTable.check_new)."""
 
 from __future__ import annotations
