@@ -26,7 +26,13 @@ ANY_ROLE = frozenset(ROLES)
 # certificate of the cluster, so probes and operators holding one can ask.
 METHOD_ROLES: Mapping[str, frozenset[str]] = {
     "/infermesh.v1.SchedulerService/Submit": frozenset({FRONTEND}),
-    "/infermesh.v1.SchedulerService/Abort": frozenset({FRONTEND, RESCHEDULER}),
+    "/infermesh.v1.SchedulerService/Abort": frozenset({FRONTEND, RESCHEDULER, SCHEDULER}),
+    # Live migration: asked of the source by a frontend or the rescheduler; the source scheduler
+    # then drives the destination.
+    "/infermesh.v1.SchedulerService/Migrate": frozenset({FRONTEND, RESCHEDULER}),
+    "/infermesh.v1.SchedulerService/ReserveMigration": frozenset({SCHEDULER}),
+    "/infermesh.v1.SchedulerService/AdoptMigration": frozenset({SCHEDULER}),
+    "/infermesh.v1.SchedulerService/CancelMigration": frozenset({SCHEDULER}),
     "/infermesh.v1.SchedulerService/GetLoad": frozenset({FRONTEND, RESCHEDULER}),
     "/infermesh.v1.SchedulerService/GetModelInfo": frozenset({FRONTEND, RESCHEDULER}),
     "/infermesh.v1.SchedulerService/RegisterWorker": frozenset({WORKER}),

@@ -23,10 +23,18 @@ class Failover:
 
 
 @dataclass(frozen=True, slots=True)
+class Moved:
+    """The request migrated (live, with its KV) to the replica at `address`: the stream goes on
+    there by attaching to it (attach_migrated), not by resubmitting it. Not a failover."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class Fail:
     """The request ends with this error; no other replica is tried."""
 
     error: RequestError
 
 
-AttemptOutcome = Done | Failover | Fail
+AttemptOutcome = Done | Failover | Moved | Fail

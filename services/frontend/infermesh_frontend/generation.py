@@ -13,7 +13,7 @@ import grpc
 from infermesh.v1 import common_pb2, scheduler_pb2
 from infermesh_shared.telemetry import activate_span
 
-from infermesh_frontend.attempt_outcome import AttemptOutcome, Done, Fail, Failover
+from infermesh_frontend.attempt_outcome import AttemptOutcome, Done, Fail, Failover, Moved
 from infermesh_frontend.completion_output import CompletionDelta, CompletionOutput
 from infermesh_frontend.detokenizer import Detokenizer
 from infermesh_frontend.request_error import RequestError
@@ -104,19 +104,32 @@ class Generation:
         Raises RequestError with the scheduler's status (or UNAVAILABLE when none is reachable).
         """
         tried: list[SchedulerReplica] = []
+        moved_to: str | None = None
         while True:
-            try:
-                replica = self._pool.pick(self._request.route, exclude=tried)
-            except NoSchedulerError as error:
-                raise RequestError(
-                    grpc.StatusCode.UNAVAILABLE, f"{error}; {self._pool.discovery_hint}"
-                ) from error
+            if moved_to is not None:
+                # Following a live migration: attach to the destination's stream of this request.
+                replica = self._pool.take(moved_to)
+                if replica is None:
+                    raise RequestError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"the request migrated to scheduler {moved_to}, which this frontend does not know",
+                    )
+            else:
+                try:
+                    replica = self._pool.pick(self._request.route, exclude=tried)
+                except NoSchedulerError as error:
+                    raise RequestError(
+                        grpc.StatusCode.UNAVAILABLE, f"{error}; {self._pool.discovery_hint}"
+                    ) from error
+            submit = self._submit_request()
+            submit.attach_migrated = moved_to is not None
+            moved_to = None
             tried.append(replica)
             self.replica = replica
             is_last = len(tried) >= min(len(self._pool.replicas), max(1, self._request.max_attempts))
             outcome: AttemptOutcome = Done()
             # aclosing: when our consumer stops early, the attempt's cleanup (Abort) runs now.
-            async with contextlib.aclosing(self._attempt(replica, self._submit_request(), is_last)) as items:
+            async with contextlib.aclosing(self._attempt(replica, submit, is_last)) as items:
                 async for item in items:
                     if not isinstance(item, CompletionDelta):
                         outcome = item
@@ -127,6 +140,9 @@ class Generation:
                 raise outcome.error
             if isinstance(outcome, Done):
                 return
+            if isinstance(outcome, Moved):
+                moved_to = outcome.address
+                continue
             if outcome.reason is not None:
                 self._pool.record_failover(outcome.reason)
 
@@ -162,6 +178,11 @@ class Generation:
                 if not received:
                     received = True
                     self._pool.report_result(replica, None)
+                if response.migrated_to:
+                    # The request left this replica with its KV; nothing to abort here.
+                    scheduler_done = True
+                    yield Moved(response.migrated_to)
+                    return
                 if response.HasField("usage"):
                     # The request's last message: the scheduler has nothing left to abort.
                     self.scheduler_usage = response.usage

@@ -153,6 +153,13 @@ class SchedulerPool:
             self.metrics.routed.labels(replica=chosen.address).inc()
         return self._replicas[chosen.address]
 
+    def take(self, address: str) -> SchedulerReplica | None:
+        """The replica at `address` (where a request migrated), counted like `pick`; None if unknown."""
+        replica = self._replicas.get(address)
+        if replica is not None:
+            self.table.record_dispatch(address)
+        return replica
+
     def record_failover(self, reason: str) -> None:
         """Counts a request moved off its replica ("unavailable" or "stalled")."""
         if self.metrics is not None:

@@ -23,6 +23,7 @@ import grpc
 from infermesh_shared.config import SchedulerConfig
 from infermesh_shared.telemetry import activate_span
 
+from infermesh_scheduler.core import migration
 from infermesh_scheduler.core.errors import QueueFullError, RequestRefused
 from infermesh_scheduler.core.request import RequestOutput, RequestSpec
 from infermesh_scheduler.core.scheduler import Scheduler
@@ -179,6 +180,39 @@ class EngineLoop:
         self._abort_now(request_id)
         self._wake.set()
         return True
+
+    # ----- live migration (migration_rpcs.py drives it) ----------------------------------------
+    def wake(self) -> None:
+        """Plans again now (e.g. a request was held for its final copy)."""
+        self._wake.set()
+
+    def adopt(self, migrated: migration.MigratedRequest, blocks: list[int]) -> None:
+        """Admits a migrated request as running; its outputs wait for the attaching Submit."""
+        rid = migrated.spec.request_id
+        if rid in self._streams or self._scheduler is None:
+            raise migration.MigrationRefused(f"request_id {rid!r} is already live here (or no workers yet)")
+        stream = RequestStream(rid)
+        stream.awaiting_attach = True
+        migration.adopt_in(self._scheduler, migrated, blocks)
+        self._streams[rid] = stream
+        self._wake.set()
+        self._on_load_change()
+
+    def attach(self, request_id: str) -> RequestStream | None:
+        """The stream of an adopted request nobody streams yet (None when there is none)."""
+        stream = self._streams.get(request_id)
+        if stream is None or not stream.awaiting_attach:
+            return None
+        stream.awaiting_attach = False
+        return stream
+
+    def hand_over(self, request_id: str, address: str) -> None:
+        """The request left for `address`: forget it here and end its stream with that address."""
+        migration.hand_over(self._scheduler, request_id)
+        stream = self._streams.pop(request_id)
+        stream.moved(address)
+        self._wake.set()
+        self._on_load_change()
 
     # ----- internals --------------------------------------------------------------------
     async def _wait_for_scheduler(self, deadline: float | None) -> Scheduler:

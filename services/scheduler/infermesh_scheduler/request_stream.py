@@ -18,16 +18,26 @@ class StreamError:
     message: str
 
 
+@dataclass(slots=True, frozen=True)
+class StreamMoved:
+    """Ends a stream because its request now runs on another replica (live migration)."""
+
+    address: str
+
+
 class RequestStream:
     """Outputs of one live request, in order; closed by its last output or an error."""
 
-    __slots__ = ("request_id", "closed", "_queue")
+    __slots__ = ("request_id", "closed", "awaiting_attach", "_queue")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         # True once the final item was queued: the engine no longer knows the request.
         self.closed = False
-        self._queue: asyncio.Queue[RequestOutput | StreamError] = asyncio.Queue()
+        # A request adopted by live migration: its outputs queue here until the frontend's
+        # attach_migrated Submit takes the stream.
+        self.awaiting_attach = False
+        self._queue: asyncio.Queue[RequestOutput | StreamError | StreamMoved] = asyncio.Queue()
 
     def push(self, output: RequestOutput) -> None:
         """Queues an output; the one carrying usage is the request's last."""
@@ -40,6 +50,11 @@ class RequestStream:
         self._queue.put_nowait(StreamError(code, message))
         self.closed = True
 
-    async def get(self) -> RequestOutput | StreamError:
+    def moved(self, address: str) -> None:
+        """Ends the stream: the request goes on at `address`."""
+        self._queue.put_nowait(StreamMoved(address))
+        self.closed = True
+
+    async def get(self) -> RequestOutput | StreamError | StreamMoved:
         """The next item, waiting for it."""
         return await self._queue.get()

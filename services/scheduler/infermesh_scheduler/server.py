@@ -33,6 +33,7 @@ from infermesh_scheduler.core.config import SchedulerCoreConfig
 from infermesh_scheduler.core.request_check import RequestLimits
 from infermesh_scheduler.core.scheduler import Scheduler
 from infermesh_scheduler.engine_loop import EngineLoop
+from infermesh_scheduler.migration_rpcs import MigrationService
 from infermesh_scheduler.model_info import build_model_info, model_name
 from infermesh_scheduler.request_telemetry import build_scheduler_telemetry
 from infermesh_scheduler.servicer import SchedulerServicer
@@ -129,6 +130,7 @@ async def serve(cfg: SchedulerConfig, metadata: ModelMetadata, stop: asyncio.Eve
             cfg.default_priority,
             model_info,
             telemetry,
+            MigrationService(engine, group, tls, cfg.default_priority, cfg.worker_timeout_ms / 1000),
         ),
         server,
     )

@@ -11,11 +11,13 @@ import grpc
 from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from infermesh_scheduler.core.errors import InvalidRequestError
+from infermesh_scheduler.core.migration import MigrationRefused
 from infermesh_scheduler.core.request_check import RequestLimits, check_request
 from infermesh_scheduler.engine_loop import EngineLoop
 from infermesh_scheduler.load_response import load_response
+from infermesh_scheduler.migration_rpcs import MigrationService
 from infermesh_scheduler.request_codec import response_from_output, spec_from_submit
-from infermesh_scheduler.request_stream import StreamError
+from infermesh_scheduler.request_stream import StreamError, StreamMoved
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
 from infermesh_scheduler.serving_health import ServingHealth
 from infermesh_scheduler.status_table import status_of_refusal
@@ -37,8 +39,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         default_priority: int,
         model_info: common_pb2.ModelInfo,
         telemetry: SchedulerTelemetry | None = None,
+        migrations: MigrationService | None = None,
     ) -> None:
         self._telemetry = telemetry
+        self._migrations = migrations
         self._engine = engine
         self._group = group
         self._health = health
@@ -49,6 +53,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def Submit(
         self, request: scheduler_pb2.SubmitRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scheduler_pb2.SubmitResponse]:
+        if request.attach_migrated:
+            stream = self._engine.attach(request.request_id)
+            if stream is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no migrated request {request.request_id!r} waits here to be streamed",
+                )
+            if self._migrations is not None:
+                self._migrations.submits[request.request_id] = request
+            async for response in self._stream(request, stream, context):
+                yield response
+            return
         try:
             try:
                 spec = spec_from_submit(request, self._default_priority, None)
@@ -77,6 +93,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 self._telemetry.request_rejected(rejected.code)
             await context.abort(rejected.code, rejected.message)
             return
+        if self._migrations is not None:
+            self._migrations.submits[request.request_id] = request
+        async for response in self._stream(request, stream, context):
+            yield response
+
+    async def _stream(self, request, stream, context) -> AsyncIterator[scheduler_pb2.SubmitResponse]:
         end = (grpc.StatusCode.UNKNOWN, "the Submit handler failed")  # how the stream ended, for telemetry
         try:
             while True:
@@ -84,6 +106,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 if isinstance(item, StreamError):
                     end = (item.code, item.message)
                     await context.abort(item.code, item.message)
+                    return
+                if isinstance(item, StreamMoved):
+                    end = (grpc.StatusCode.OK, "")
+                    yield scheduler_pb2.SubmitResponse(migrated_to=item.address)
                     return
                 response = response_from_output(item)
                 if response is not None:
@@ -97,6 +123,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         finally:
             if self._telemetry is not None:
                 self._telemetry.request_ended(request.request_id, *end)
+            if self._migrations is not None and self._migrations.submits.get(request.request_id) is request:
+                del self._migrations.submits[request.request_id]
             if not stream.closed:
                 # The client went away (cancelled RPC): free the request's blocks now.
                 logger.info("request %s: client went away, aborting", request.request_id)
@@ -151,3 +179,33 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 "call RegisterWorker again",
             )
         return scheduler_pb2.CheckWorkerResponse()
+
+    # ----- live migration (migration_rpcs.py) ------------------------------------------------
+    def _migration_service(self) -> MigrationService:
+        assert self._migrations is not None
+        return self._migrations
+
+    async def Migrate(self, request: scheduler_pb2.MigrateRequest, context) -> scheduler_pb2.MigrateResponse:
+        if not request.request_id or not request.destination_address:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "request_id and destination_address are required"
+            )
+        return await self._migration_service().migrate(request.request_id, request.destination_address)
+
+    async def ReserveMigration(self, request, context) -> scheduler_pb2.ReserveMigrationResponse:
+        try:
+            return self._migration_service().reserve(request)
+        except MigrationRefused as refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(refused))
+
+    async def AdoptMigration(self, request, context) -> scheduler_pb2.AdoptMigrationResponse:
+        try:
+            self._migration_service().adopt(request)
+        except MigrationRefused as refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(refused))
+        return scheduler_pb2.AdoptMigrationResponse()
+
+    async def CancelMigration(self, request, context) -> scheduler_pb2.CancelMigrationResponse:
+        return scheduler_pb2.CancelMigrationResponse(
+            num_blocks=self._migration_service().cancel(request.migration_id)
+        )

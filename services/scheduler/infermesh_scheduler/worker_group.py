@@ -164,6 +164,17 @@ class WorkerGroup:
 
     # ----- queries ------------------------------------------------------------------------
     @property
+    def settings(self) -> SchedulerConfig:
+        return self._settings
+
+    def members(self) -> list[WorkerHandle]:
+        """The group's workers in rank order (empty unless READY)."""
+        return list(self._members) if self.state is GroupState.READY else []
+
+    def member_addresses(self) -> list[str]:
+        return [m.address for m in self.members()]
+
+    @property
     def is_ready(self) -> bool:
         return self.state is GroupState.READY
 

@@ -97,9 +97,9 @@ def final_blocks(sched: Scheduler, request_id: str) -> tuple[list[int], int]:
     return sched.kv.export_block_ids(seq), seq.num_computed_tokens
 
 
-def hand_over(sched: Scheduler, request_id: str) -> MigratedRequest:
-    blocks, computed = final_blocks(sched, request_id)
-    del blocks
+def snapshot(sched: Scheduler, request_id: str) -> MigratedRequest:
+    """What the destination adopts, without letting go here (the request must be quiet)."""
+    _, computed = final_blocks(sched, request_id)
     seq = _sequence(sched, request_id)
     req = seq.request
     spec = req.spec
@@ -115,6 +115,13 @@ def hand_over(sched: Scheduler, request_id: str) -> MigratedRequest:
         ),
         num_computed_tokens=computed,
     )
+    return migrated
+
+
+def hand_over(sched: Scheduler, request_id: str) -> MigratedRequest:
+    migrated = snapshot(sched, request_id)
+    seq = _sequence(sched, request_id)
+    req = seq.request
     seq.migrating = seq.held = False
     sched._release(seq)
     sched._table.end(req, None, [])

@@ -1,0 +1,166 @@
+"""Live migration between two scheduler replicas, each with a real worker process.
+
+The test plays the frontend: it streams a greedy request from replica A, asks A to migrate it to
+B mid-stream, follows `migrated_to` with an attach_migrated Submit on B, and checks the tokens
+against transformers (an undisturbed run), then that every block is free on both replicas. A
+destination worker killed mid-copy leaves the request finishing on A.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+import pytest
+from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from tests.model_factory import build_random_model, transformers_greedy
+from tests.scheduler_service.service_harness import (
+    start_scheduler,
+    submit_request,
+    wait_all_blocks_free,
+)
+from tests.scheduler_service.test_real_worker_recovery import start_real_worker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.multiproc, pytest.mark.slow]
+
+PROMPT = [5, 17, 33, 8, 21, 9, 40, 2, 11, 3, 70, 6]
+MAX_TOKENS = 40
+
+
+def _replica(model_dir):
+    scheduler = start_scheduler(
+        model_dir, "--total-blocks", "64", "--block-size", "4", "--worker-timeout-ms", "20000"
+    )
+    worker = start_real_worker(scheduler.address, "w")
+    channel = grpc.insecure_channel(scheduler.address)
+    stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+    return scheduler, worker, stub
+
+
+@pytest.fixture(scope="module")
+def two_replicas(tmp_path_factory):
+    model_dir = build_random_model(
+        "llama", tmp_path_factory.mktemp("migration") / "model", vocab_size=256, max_position_embeddings=256
+    )
+    replicas = []
+    try:
+        for _ in range(2):
+            replicas.append(_replica(model_dir))
+        yield model_dir, replicas
+    finally:
+        for scheduler, worker, _ in replicas:
+            worker.stop()
+            scheduler.stop()
+
+
+def _stream(stub, request, into: queue.Queue) -> None:
+    try:
+        for response in stub.Submit(request, timeout=120):
+            into.put(response)
+    except grpc.RpcError as err:
+        into.put(err)
+    into.put(None)
+
+
+def _wait_ready(stub) -> None:
+    # The first request of a fresh replica waits for its worker group; a tiny one warms it.
+    list(stub.Submit(submit_request("warm", [1, 2, 3], 2, ignore_eos=True), timeout=120))
+
+
+def test_a_running_request_moves_to_the_other_replica_without_gap_repeat_or_recompute(two_replicas):
+    model_dir, ((_, _, source), (dest_scheduler, _, dest)) = two_replicas
+    _wait_ready(source)
+    _wait_ready(dest)
+    expected = transformers_greedy(model_dir, PROMPT, MAX_TOKENS)
+
+    responses: queue.Queue = queue.Queue()
+    request = submit_request("m1", PROMPT, MAX_TOKENS, ignore_eos=True)
+    threading.Thread(target=_stream, args=(source, request, responses), daemon=True).start()
+    tokens: list[int] = []
+    while len(tokens) < 10:
+        item = responses.get(timeout=120)
+        assert isinstance(item, scheduler_pb2.SubmitResponse), item
+        tokens.extend(item.token_ids)
+    result = source.Migrate(
+        scheduler_pb2.MigrateRequest(request_id="m1", destination_address=dest_scheduler.address), timeout=120
+    )
+    assert result.migrated, result.reason
+    assert result.bytes_copied > 0 and result.downtime_s > 0
+    moved_to = ""
+    while (item := responses.get(timeout=120)) is not None:
+        assert isinstance(item, scheduler_pb2.SubmitResponse), item
+        tokens.extend(item.token_ids)
+        moved_to = item.migrated_to or moved_to
+    assert moved_to == dest_scheduler.address
+    attach = submit_request("m1", PROMPT, MAX_TOKENS, ignore_eos=True, attach_migrated=True)
+    for response in dest.Submit(attach, timeout=120):
+        tokens.extend(response.token_ids)
+    assert tokens == expected
+    wait_all_blocks_free(source)
+    wait_all_blocks_free(dest)
+
+
+def test_migrating_a_request_that_is_not_running_is_refused_and_it_stays(two_replicas):
+    _, ((_, _, source), (dest_scheduler, _, _)) = two_replicas
+    result = source.Migrate(
+        scheduler_pb2.MigrateRequest(request_id="nobody", destination_address=dest_scheduler.address),
+        timeout=30,
+    )
+    assert not result.migrated and "not live" in result.reason
+
+
+def test_an_unreachable_destination_leaves_the_request_running_on_the_source(two_replicas):
+    model_dir, ((_, _, source), _) = two_replicas
+    _wait_ready(source)
+    expected = transformers_greedy(model_dir, PROMPT, MAX_TOKENS)
+    responses: queue.Queue = queue.Queue()
+    request = submit_request("m2", PROMPT, MAX_TOKENS, ignore_eos=True)
+    threading.Thread(target=_stream, args=(source, request, responses), daemon=True).start()
+    tokens: list[int] = []
+    while len(tokens) < 5:
+        tokens.extend(responses.get(timeout=120).token_ids)
+    result = source.Migrate(
+        scheduler_pb2.MigrateRequest(request_id="m2", destination_address="127.0.0.1:1"), timeout=120
+    )
+    assert not result.migrated and result.reason
+    while (item := responses.get(timeout=120)) is not None:
+        assert isinstance(item, scheduler_pb2.SubmitResponse), item
+        assert not item.migrated_to
+        tokens.extend(item.token_ids)
+    assert tokens == expected
+    wait_all_blocks_free(source)
+
+
+def test_attaching_to_a_request_that_did_not_migrate_here_is_not_found(two_replicas):
+    _, (_, (_, _, dest)) = two_replicas
+    attach = submit_request("ghost", PROMPT, 4, attach_migrated=True)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(dest.Submit(attach, timeout=30))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_dead_destination_worker_fails_the_copy_and_the_request_finishes_on_the_source(two_replicas):
+    # Last in the module: it kills the destination's worker.
+    model_dir, ((_, _, source), (dest_scheduler, dest_worker, dest)) = two_replicas
+    _wait_ready(source)
+    expected = transformers_greedy(model_dir, PROMPT, MAX_TOKENS)
+    dest_worker.kill()  # the destination's group still looks ready until its next liveness probe
+    responses: queue.Queue = queue.Queue()
+    request = submit_request("m3", PROMPT, MAX_TOKENS, ignore_eos=True)
+    threading.Thread(target=_stream, args=(source, request, responses), daemon=True).start()
+    tokens: list[int] = []
+    while len(tokens) < 5:
+        tokens.extend(responses.get(timeout=120).token_ids)
+    result = source.Migrate(
+        scheduler_pb2.MigrateRequest(request_id="m3", destination_address=dest_scheduler.address), timeout=120
+    )
+    assert not result.migrated and result.reason
+    while (item := responses.get(timeout=120)) is not None:
+        assert isinstance(item, scheduler_pb2.SubmitResponse), item
+        assert not item.migrated_to
+        tokens.extend(item.token_ids)
+    assert tokens == expected
+    wait_all_blocks_free(source)
+    wait_all_blocks_free(dest)
