@@ -27,6 +27,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.multiproc, pytest.mark.slow]
 
 PROMPT = [5, 17, 33, 8, 21, 9, 40, 2, 11, 3, 70, 6]
 MAX_TOKENS = 40
+# Long enough that the request is still running when the Migrate call reaches it, however busy
+# the machine (a finished request cannot migrate).
+LONG = 200
 
 
 def _replica(model_dir):
@@ -73,10 +76,10 @@ def test_a_running_request_moves_to_the_other_replica_without_gap_repeat_or_reco
     model_dir, ((_, _, source), (dest_scheduler, _, dest)) = two_replicas
     _wait_ready(source)
     _wait_ready(dest)
-    expected = transformers_greedy(model_dir, PROMPT, MAX_TOKENS)
+    expected = transformers_greedy(model_dir, PROMPT, LONG)
 
     responses: queue.Queue = queue.Queue()
-    request = submit_request("m1", PROMPT, MAX_TOKENS, ignore_eos=True)
+    request = submit_request("m1", PROMPT, LONG, ignore_eos=True)
     threading.Thread(target=_stream, args=(source, request, responses), daemon=True).start()
     tokens: list[int] = []
     while len(tokens) < 10:
@@ -94,7 +97,7 @@ def test_a_running_request_moves_to_the_other_replica_without_gap_repeat_or_reco
         tokens.extend(item.token_ids)
         moved_to = item.migrated_to or moved_to
     assert moved_to == dest_scheduler.address
-    attach = submit_request("m1", PROMPT, MAX_TOKENS, ignore_eos=True, attach_migrated=True)
+    attach = submit_request("m1", PROMPT, LONG, ignore_eos=True, attach_migrated=True)
     for response in dest.Submit(attach, timeout=120):
         tokens.extend(response.token_ids)
     assert tokens == expected

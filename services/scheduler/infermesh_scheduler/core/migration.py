@@ -27,6 +27,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from infermesh_scheduler.core.errors import InvalidRequestError
 from infermesh_scheduler.core.request import RequestSpec
 from infermesh_scheduler.core.sequence import SeqStatus, Sequence
 
@@ -166,7 +167,10 @@ def adopt_in(sched: Scheduler, migrated: MigratedRequest, blocks: list[int]) -> 
         raise MigrationRefused(
             f"{len(blocks)} blocks cannot hold {migrated.num_computed_tokens} computed tokens"
         )
-    sched._table.check_new(spec)
+    try:
+        sched._table.check_new(spec)  # the same rules as a Submit here (this replica's limits)
+    except InvalidRequestError as invalid:
+        raise MigrationRefused(str(invalid)) from None
     seq = sched._table.admit(spec)
     extra = blocks[needed:]
     if extra:
