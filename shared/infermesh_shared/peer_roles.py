@@ -9,7 +9,7 @@ serve mutual TLS, so a worker certificate cannot `Submit` and a frontend certifi
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -71,17 +71,13 @@ def _denial(method: str, role: str, allowed: frozenset[str]) -> str:
     return f"{who} may not call {method} (allowed: {', '.join(sorted(allowed))})"
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler, method: str, allowed: frozenset[str]) -> Any:
-    """`handler` with the role check run before its behaviour (async or sync, as the handler is:
-    an aio server also runs sync handlers, e.g. the health servicer, on its thread pool)."""
+def guard_handler(handler: grpc.RpcMethodHandler, refusal: Callable[[Any], str | None]) -> Any:
+    """`handler` with `refusal(context)` run before its behaviour: a message means
+    PERMISSION_DENIED with that message (async or sync, as the handler is: an aio server also
+    runs sync handlers, e.g. the health servicer, on its thread pool)."""
     kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
     kind = next(k for k in kinds if getattr(handler, k) is not None)
     behavior = getattr(handler, kind)
-
-    def refusal(context) -> str | None:
-        role = peer_role(context)
-        return None if role in allowed else _denial(method, role, allowed)
-
     if inspect.isasyncgenfunction(behavior):
 
         async def wrapped(request_or_iterator, context):
@@ -119,6 +115,16 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, method: str, allowed: frozense
     )
 
 
+def _role_refusal(method: str) -> Callable[[Any], str | None]:
+    allowed = allowed_roles(method)
+
+    def refusal(context) -> str | None:
+        role = peer_role(context)
+        return None if role in allowed else _denial(method, role, allowed)
+
+    return refusal
+
+
 class AioRoleInterceptor(grpc.aio.ServerInterceptor):
     """Refuses (PERMISSION_DENIED) a call whose certificate role may not call the method."""
 
@@ -127,7 +133,7 @@ class AioRoleInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        return _wrap_handler(handler, method, allowed_roles(method))
+        return guard_handler(handler, _role_refusal(method))
 
 
 class SyncRoleInterceptor(grpc.ServerInterceptor):
@@ -138,4 +144,4 @@ class SyncRoleInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        return _wrap_handler(handler, method, allowed_roles(method))
+        return guard_handler(handler, _role_refusal(method))

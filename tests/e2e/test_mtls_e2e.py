@@ -7,6 +7,8 @@ second registration under a live worker's name.
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,3 +154,37 @@ def test_reflection_is_off_except_on_the_up_frontend(cluster: UpCluster) -> None
         assert _list_services(channel) == grpc.StatusCode.OK
     with open_channel(cluster.announced("scheduler", "scheduler"), frontend_cert) as channel:
         assert _list_services(channel) == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_second_scheduler_certificate_of_the_ca_cannot_drive_the_worker(
+    cluster: UpCluster, tmp_path: Path
+) -> None:
+    before = cluster.greedy(PROMPT)
+    for name in ("ca.pem", "ca-key.pem"):
+        shutil.copy(cluster.cert_dir / name, tmp_path / name)
+    other = write_cluster_certs(tmp_path, reuse_ca=True)["scheduler"].as_tls()
+    w_channel, w_calls = _worker_calls(cluster.announced("worker-0", "worker"), other)
+    with w_channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            w_calls["Execute"]()
+    print("other scheduler -> Execute:", refused.value.code().name, refused.value.details())
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "registered with" in refused.value.details()
+    assert cluster.greedy(PROMPT) == before
+
+
+def test_load_model_cannot_change_the_architecture(cluster: UpCluster) -> None:
+    before = cluster.greedy(PROMPT)
+    log = (cluster.log_dir / "worker-0.log").read_text()
+    model_path = re.search(r"loading (\S+) \(dtype=", log).group(1)
+    with open_channel(cluster.announced("worker-0", "worker"), cluster.role_tls("scheduler")) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        request = worker_pb2.LoadModelRequest(
+            model_path=model_path, config_overrides_json='{"num_hidden_layers": 1}'
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.LoadModel(request, timeout=CALL_TIMEOUT_S)
+    print("truncating LoadModel:", refused.value.code().name, refused.value.details())
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "num_hidden_layers" in refused.value.details()
+    assert cluster.greedy(PROMPT) == before

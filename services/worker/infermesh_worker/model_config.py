@@ -138,18 +138,46 @@ def parse_model_config(raw: dict) -> ModelConfig:
         raise InvalidArgumentError(f"config.json lacks required key {exc.args[0]!r}") from exc
 
 
-def load_model_config(model_path: str | Path, overrides_json: str = "") -> ModelConfig:
-    """Reads `model_path`/config.json, merges the JSON object `overrides_json` over it, and parses it."""
+# The only config.json keys LoadModel may change: how long a context the model is run for (what
+# vLLM users pass as hf_overrides). Every other key describes the checkpoint's architecture
+# (layers, widths, heads, vocabulary, norms): overriding one would serve a different, e.g.
+# truncated, model from the same weights while health stays SERVING.
+OVERRIDABLE_KEYS = frozenset({"max_position_embeddings", "rope_scaling"})
+
+
+def checked_overrides(raw: dict, overrides_json: str) -> dict:
+    """The JSON object `overrides_json`, refused (INVALID_ARGUMENT) when it changes a key of
+    `raw` (the checkpoint's config.json) outside OVERRIDABLE_KEYS."""
+    if not overrides_json:
+        return {}
+    try:
+        overrides = json.loads(overrides_json)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgumentError(f"config_overrides_json is not valid JSON: {exc}") from exc
+    if not isinstance(overrides, dict):
+        raise InvalidArgumentError("config_overrides_json must be a JSON object")
+    changed = sorted(
+        k for k, v in overrides.items() if k not in OVERRIDABLE_KEYS and (k not in raw or raw[k] != v)
+    )
+    if changed:
+        raise InvalidArgumentError(
+            f"config_overrides_json may not change {', '.join(map(repr, changed))}: a worker serves the "
+            f"architecture of the checkpoint's config.json; only {', '.join(sorted(OVERRIDABLE_KEYS))} "
+            "may be overridden"
+        )
+    return overrides
+
+
+def read_config_json(model_path: str | Path) -> dict:
     path = Path(model_path) / "config.json"
     if not path.is_file():
         raise InvalidArgumentError(f"no config.json in model_path {str(model_path)!r}")
-    raw = json.loads(path.read_text())
-    if overrides_json:
-        try:
-            overrides = json.loads(overrides_json)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgumentError(f"config_overrides_json is not valid JSON: {exc}") from exc
-        if not isinstance(overrides, dict):
-            raise InvalidArgumentError("config_overrides_json must be a JSON object")
-        raw.update(overrides)
+    return json.loads(path.read_text())
+
+
+def load_model_config(model_path: str | Path, overrides_json: str = "") -> ModelConfig:
+    """Reads `model_path`/config.json, merges the JSON object `overrides_json` over it (see
+    checked_overrides), and parses it."""
+    raw = read_config_json(model_path)
+    raw.update(checked_overrides(raw, overrides_json))
     return parse_model_config(raw)

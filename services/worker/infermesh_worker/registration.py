@@ -23,8 +23,12 @@ def register_with_scheduler(
     worker_name: str,
     timeout_s: float,
     stop_requested=lambda: False,
+    before_register=lambda: None,
 ) -> str:
-    """Calls RegisterWorker until it succeeds; returns the worker id the scheduler gave us."""
+    """Calls RegisterWorker until it succeeds; returns the worker id the scheduler gave us.
+
+    `before_register` runs before each attempt (the scheduler pin); an OSError from it (the
+    scheduler not listening yet) is retried like UNAVAILABLE."""
     stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
     request = scheduler_pb2.RegisterWorkerRequest(address=address, device=device, worker_name=worker_name)
     deadline = time.monotonic() + timeout_s
@@ -34,6 +38,7 @@ def register_with_scheduler(
     while not stop_requested():
         attempt += 1
         try:
+            before_register()
             response = stub.RegisterWorker(request, timeout=10)
             logger.info("registered with scheduler %s as %s", scheduler_address, response.worker_id)
             return response.worker_id
@@ -44,6 +49,8 @@ def register_with_scheduler(
                 raise RegistrationTimeout(
                     f"scheduler {scheduler_address} refused the registration of {address}: {last_error}"
                 ) from exc
+        except OSError as exc:
+            last_error = f"TLS handshake: {exc}"
         if time.monotonic() + delay > deadline:
             break
         if attempt == 1 or attempt % 10 == 0:

@@ -37,6 +37,7 @@ from infermesh_shared.telemetry import (
 
 from infermesh_worker.model_runner import ModelRunner
 from infermesh_worker.registration import RegistrationTimeout, SchedulerWatch, register_with_scheduler
+from infermesh_worker.scheduler_pin import PinnedSchedulerInterceptor, SchedulerPin, scheduler_fingerprint
 from infermesh_worker.servicer import WorkerServicer
 
 logger = logging.getLogger(__name__)
@@ -94,10 +95,14 @@ def run(cfg: WorkerConfig) -> int:
         device, kv_cache_memory_bytes=cfg.kv_cache_memory_bytes, dist_timeout_s=cfg.dist_timeout_ms / 1000.0
     )
     servicer = WorkerServicer(runner, metrics, peer_tls=tls)
+    pin = SchedulerPin()
     server = sync_server(
         futures.ThreadPoolExecutor(max_workers=8),
         MAX_MESSAGE_BYTES,
-        interceptors=[*([SyncRoleInterceptor()] if tls.enabled else []), *sync_server_interceptors()],
+        interceptors=[
+            *([SyncRoleInterceptor(), PinnedSchedulerInterceptor(pin)] if tls.enabled else []),
+            *sync_server_interceptors(),
+        ],
         options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
     )
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
@@ -157,6 +162,11 @@ def run(cfg: WorkerConfig) -> int:
             cfg.worker_name or address,
             cfg.register_timeout_ms / 1000.0,
             stop_requested=stop.is_set,
+            before_register=(
+                (lambda: pin.set(scheduler_fingerprint(cfg.scheduler_address, tls)))
+                if tls.enabled
+                else (lambda: None)
+            ),
         )
 
     exit_code = 0

@@ -17,6 +17,7 @@ from opentelemetry import trace
 
 from infermesh_worker import kv_transfer
 from infermesh_worker.errors import FailedPreconditionError, InvalidArgumentError, WorkerError
+from infermesh_worker.model_config import load_model_config
 from infermesh_worker.model_runner import LoadSpec, ModelRunner
 from infermesh_worker.plan_codec import decode_plan, encode_result
 from infermesh_worker.step_plan import StepPlan
@@ -120,6 +121,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             spec.pp_rank,
             spec.pp_size,
         )
+        try:
+            # Refused before anything is unloaded: the model served so far keeps serving.
+            load_model_config(spec.model_path, spec.config_overrides_json)
+        except WorkerError as exc:
+            logger.warning("LoadModel refused: %s", exc)
+            context.abort(exc.code, str(exc))
         self._restart_chain()
         result = self._call(context, "LoadModel", self.runner.load_model, spec)
         if self.metrics is not None:
