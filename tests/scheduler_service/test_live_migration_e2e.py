@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import queue
 import threading
+import urllib.request
 
 import grpc
 import pytest
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+from tests.free_port import free_port
 from tests.model_factory import build_random_model, transformers_greedy
 from tests.scheduler_service.service_harness import (
     start_scheduler,
@@ -33,13 +35,35 @@ LONG = 200
 
 
 def _replica(model_dir):
+    metrics_port = free_port()
     scheduler = start_scheduler(
-        model_dir, "--total-blocks", "64", "--block-size", "4", "--worker-timeout-ms", "20000"
+        model_dir,
+        "--total-blocks",
+        "64",
+        "--block-size",
+        "4",
+        "--worker-timeout-ms",
+        "20000",
+        "--metrics-port",
+        str(metrics_port),
     )
+    scheduler.metrics_port = metrics_port
     worker = start_real_worker(scheduler.address, "w")
     channel = grpc.insecure_channel(scheduler.address)
     stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
     return scheduler, worker, stub
+
+
+def _metric(scheduler, name: str, **labels: str) -> float:
+    """The sample of `name` whose labels include `labels` (0 when there is none)."""
+    url = f"http://127.0.0.1:{scheduler.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(item in line for item in wanted):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +97,7 @@ def _wait_ready(stub) -> None:
 
 
 def test_a_running_request_moves_to_the_other_replica_without_gap_repeat_or_recompute(two_replicas):
-    model_dir, ((_, _, source), (dest_scheduler, _, dest)) = two_replicas
+    model_dir, ((source_scheduler, _, source), (dest_scheduler, _, dest)) = two_replicas
     _wait_ready(source)
     _wait_ready(dest)
     expected = transformers_greedy(model_dir, PROMPT, LONG)
@@ -103,15 +127,19 @@ def test_a_running_request_moves_to_the_other_replica_without_gap_repeat_or_reco
     assert tokens == expected
     wait_all_blocks_free(source)
     wait_all_blocks_free(dest)
+    assert _metric(source_scheduler, "infermesh_migrations_total", outcome="migrated", reason="") == 1
+    assert _metric(source_scheduler, "infermesh_migration_bytes_total") == result.bytes_copied
+    assert _metric(source_scheduler, "infermesh_migration_downtime_seconds_count") == 1
 
 
 def test_migrating_a_request_that_is_not_running_is_refused_and_it_stays(two_replicas):
-    _, ((_, _, source), (dest_scheduler, _, _)) = two_replicas
+    _, ((source_scheduler, _, source), (dest_scheduler, _, _)) = two_replicas
     result = source.Migrate(
         scheduler_pb2.MigrateRequest(request_id="nobody", destination_address=dest_scheduler.address),
         timeout=30,
     )
     assert not result.migrated and "not live" in result.reason
+    assert _metric(source_scheduler, "infermesh_migrations_total", outcome="failed", reason="not_live") == 1
 
 
 def test_an_unreachable_destination_leaves_the_request_running_on_the_source(two_replicas):

@@ -25,6 +25,7 @@ from infermesh_scheduler.core import migration
 from infermesh_scheduler.core.migration import MigratedRequest, MigrationRefused
 from infermesh_scheduler.engine_loop import EngineLoop
 from infermesh_scheduler.request_codec import spec_from_submit
+from infermesh_scheduler.request_telemetry import SchedulerTelemetry
 from infermesh_scheduler.worker_group import GroupState, WorkerGroup
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ class _Reservation:
 
 
 class MigrationFailed(Exception):
-    """The request stays where it is; the message says why."""
+    """The request stays where it is; the message says why, `label` names the stage for metrics."""
+
+    def __init__(self, message: str, label: str) -> None:
+        super().__init__(message)
+        self.label = label
 
 
 class MigrationService:
@@ -57,7 +62,9 @@ class MigrationService:
         tls: TlsFiles,
         default_priority: int,
         timeout_s: float,
+        telemetry: SchedulerTelemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry
         self._engine = engine
         self._group = group
         self._tls = tls
@@ -125,21 +132,37 @@ class MigrationService:
 
     # ----- source side --------------------------------------------------------------------
     async def migrate(self, request_id: str, destination: str) -> scheduler_pb2.MigrateResponse:
+        response, label = await self._migrate(request_id, destination)
+        if self._telemetry is not None:
+            outcome = "migrated" if response.migrated else "failed"
+            self._telemetry.migration_ended(outcome, label, response.downtime_s, response.bytes_copied)
+        return response
+
+    async def _migrate(self, request_id: str, destination: str) -> tuple[scheduler_pb2.MigrateResponse, str]:
+        """The answer, and the failure's label for metrics ("" when it migrated)."""
         scheduler = self._engine.scheduler
         submit = self.submits.get(request_id)
         if scheduler is None or submit is None:
-            return scheduler_pb2.MigrateResponse(reason=f"request {request_id!r} is not live on this replica")
+            reason = f"request {request_id!r} is not live on this replica"
+            return scheduler_pb2.MigrateResponse(reason=reason), "not_live"
         try:
             migration.start_out(scheduler, request_id)
         except MigrationRefused as refused:
-            return scheduler_pb2.MigrateResponse(reason=str(refused))
+            return scheduler_pb2.MigrateResponse(reason=str(refused)), "not_migratable"
         mid = f"{request_id}/{uuid.uuid4().hex[:12]}"
         channel = open_aio_channel(destination, self._tls, server_role=SCHEDULER)
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         try:
-            return await self._run(stub, scheduler, submit, request_id, mid, destination)
+            return await self._run(stub, scheduler, submit, request_id, mid, destination), ""
         except (MigrationFailed, MigrationRefused, grpc.aio.AioRpcError) as failure:
-            reason = failure.details() if isinstance(failure, grpc.aio.AioRpcError) else str(failure)
+            if isinstance(failure, grpc.aio.AioRpcError):
+                reason, label = (
+                    failure.details() or failure.code().name,
+                    f"destination_{failure.code().name.lower()}",
+                )
+            else:
+                reason = str(failure)
+                label = failure.label if isinstance(failure, MigrationFailed) else "ended_during_migration"
             logger.warning(
                 "migration of %s to %s failed, it goes on here: %s", request_id, destination, reason
             )
@@ -151,7 +174,7 @@ class MigrationService:
                 )
             except grpc.aio.AioRpcError:
                 pass  # the destination expires the reservation itself
-            return scheduler_pb2.MigrateResponse(reason=reason)
+            return scheduler_pb2.MigrateResponse(reason=reason), label
         finally:
             await channel.close()
 
@@ -205,7 +228,9 @@ class MigrationService:
         except (MigrationRefused, KeyError):
             # Aborted here while the destination adopted it: end it there too.
             await stub.Abort(scheduler_pb2.AbortRequest(request_id=request_id), timeout=self._timeout_s)
-            raise MigrationFailed(f"request {request_id!r} was aborted during its migration") from None
+            raise MigrationFailed(
+                f"request {request_id!r} was aborted during its migration", "aborted"
+            ) from None
         self.submits.pop(request_id, None)
         downtime = time.monotonic() - paused
         logger.info(
@@ -245,5 +270,5 @@ class MigrationService:
         if failed:
             first = failed[0]
             detail = first.details() if isinstance(first, grpc.aio.AioRpcError) else repr(first)
-            raise MigrationFailed(f"KV copy failed: {detail}")
+            raise MigrationFailed(f"KV copy failed: {detail}", "copy_failed")
         return sum(r.num_bytes for r in results)

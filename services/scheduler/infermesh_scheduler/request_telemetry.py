@@ -111,6 +111,15 @@ class SchedulerTelemetry:
         # Queued requests not scheduled yet: their first step ends their queue time.
         self._unscheduled: set[str] = set()
 
+    def migration_ended(self, outcome: str, reason: str, downtime_s: float, num_bytes: int) -> None:
+        """A live migration this replica drove ended (reason "" when it migrated)."""
+        if self._scheduler is None:
+            return
+        self._scheduler.migrations.labels(outcome=outcome, reason=reason).inc()
+        self._scheduler.migration_bytes.inc(num_bytes)
+        if outcome == "migrated":
+            self._scheduler.migration_downtime.observe(downtime_s)
+
     # ----- request life -------------------------------------------------------------------
     def request_queued(self, spec: RequestSpec) -> None:
         """The core accepted `spec`; call in the Submit handler so its span is the parent."""

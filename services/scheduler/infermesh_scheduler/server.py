@@ -130,7 +130,9 @@ async def serve(cfg: SchedulerConfig, metadata: ModelMetadata, stop: asyncio.Eve
             cfg.default_priority,
             model_info,
             telemetry,
-            MigrationService(engine, group, tls, cfg.default_priority, cfg.worker_timeout_ms / 1000),
+            MigrationService(
+                engine, group, tls, cfg.default_priority, cfg.worker_timeout_ms / 1000, telemetry
+            ),
         ),
         server,
     )

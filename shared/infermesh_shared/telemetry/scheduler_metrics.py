@@ -149,6 +149,22 @@ class SchedulerMetrics:
             buckets=E2E_BUCKETS,
             registry=registry,
         )
+        # Live migrations this replica ran as their source (scheduler.proto Migrate).
+        self.migrations = Counter(
+            "infermesh_migrations",
+            "Live migrations started here, by outcome (migrated, failed) and the reason of a failure.",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        self.migration_downtime = Histogram(
+            "infermesh_migration_downtime_seconds",
+            "Pause of a migrated request: held at the source until adopted by the destination (seconds).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
+        self.migration_bytes = Counter(
+            "infermesh_migration_bytes", "KV bytes copied by live migrations (bytes).", registry=registry
+        )
         registry.register(_LoadCollector(read_load, cache_config))
 
     def request_phases_ended(
