@@ -40,7 +40,10 @@ async def _serve(cfg: FrontendConfig) -> None:
         await stop.wait()
     finally:
         logger.info("frontend shutting down")
-        await server.stop()
+        try:
+            await server.drain(cfg.drain_timeout_s)
+        finally:
+            await server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from infermesh_shared.telemetry import semconv as sc
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
 from infermesh_frontend.completion_output import CompletionDelta, CompletionOutput
+from infermesh_frontend.drain import Drain
 from infermesh_frontend.generation import Generation, PreparedRequest
 from infermesh_frontend.generation_metrics import GenerationTimer
 from infermesh_frontend.model_info import ModelInfoSource
@@ -58,8 +59,10 @@ class RequestRunner:
         failover_max_attempts: int,
         bounds: RequestBounds,
         metrics: RequestMetrics | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.drain = drain or Drain()
         self.model_info = model_info
         self._pool = pool
         self._default_max_tokens = limits.default_max_tokens
@@ -166,6 +169,7 @@ class RequestRunner:
         timer = GenerationTimer(self._metrics, operation, self._served_model_name)
         request_trace = RequestTrace(stream, operation=operation)
         try:
+            self.drain.admit()
             prepared = await self.prepare(request_input, request_trace)
             prepared.submit.operation = (
                 scheduler_pb2.GEN_AI_OPERATION_CHAT
@@ -179,7 +183,10 @@ class RequestRunner:
             generation = Generation(self._pool, prepared, new_detokenizer, request_trace)
             if on_start is not None:
                 on_start(generation)
-            async with contextlib.aclosing(generation.stream()) as deltas:
+            async with (
+                contextlib.aclosing(generation.stream()) as source,
+                contextlib.aclosing(self.drain.bounded(source)) as deltas,
+            ):
                 async for delta in deltas:
                     timer.tokens_arrived(len(delta.token_ids))
                     request_trace.tokens_received(len(delta.token_ids))

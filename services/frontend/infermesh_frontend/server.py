@@ -23,6 +23,7 @@ from infermesh_shared.telemetry.metrics_server import MetricsServer, create_regi
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
 from infermesh_frontend.client_auth import AioApiKeyInterceptor, ApiKeys
+from infermesh_frontend.drain import Drain
 from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.openai_http.app import OpenAIHttpServer
 from infermesh_frontend.openai_http.connection_guard import HttpLimits
@@ -97,6 +98,7 @@ class FrontendServer:
             failover_max_attempts=cfg.failover_max_attempts,
             metrics=self.metrics,
             bounds=RequestBounds.from_config(cfg),
+            drain=Drain(),
         )
         frontend_pb2_grpc.add_FrontendServiceServicer_to_server(
             FrontendServicer(self.runner, self.api_keys), self.server
@@ -174,14 +176,27 @@ class FrontendServer:
                 self._serving = serving
             await asyncio.sleep(interval_s)
 
-    async def stop(self, grace_s: float = 1.0) -> None:
-        """Stops serving, cancels the health loop, closes the scheduler channels."""
+    async def drain(self, timeout_s: float) -> None:
+        """Graceful shutdown, first half: health NOT_SERVING at once (balancers move away), new
+        requests refused with UNAVAILABLE, running ones finish until `timeout_s`, the rest end with
+        UNAVAILABLE "server shutting down". The servers keep answering until `stop`."""
+        await self._stop_health_loop()
+        set_serving(self.health, [SERVICE_NAME], False)
+        self._serving = False
+        await self.runner.drain.drain(timeout_s)
+
+    async def _stop_health_loop(self) -> None:
         if self._health_task is not None:
             self._health_task.cancel()
             try:
                 await self._health_task
             except asyncio.CancelledError:
                 pass
+            self._health_task = None
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """Stops serving, cancels the health loop, closes the scheduler channels."""
+        await self._stop_health_loop()
         if self.http_server is not None:
             await self.http_server.stop()
         await self.server.stop(grace_s)

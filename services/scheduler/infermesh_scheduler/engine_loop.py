@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 # While requests wait for the group to come back, deadlines are still checked this often (s).
 _DEADLINE_POLL_S = 0.05
+SHUTTING_DOWN = "the scheduler is shutting down; retry on another replica"
 # Group states in which requests are refused and live ones end with UNAVAILABLE.
 _REFUSING = (GroupState.DOWN, GroupState.MISCONFIGURED)
 # Live requests end with INTERNAL after this many consecutive steps failed on the worker group.
@@ -78,6 +79,7 @@ class EngineLoop:
         self._on_load_change = on_load_change
         self._scheduler: Scheduler | None = None
         self._streams: dict[str, RequestStream] = {}
+        self.draining = False
         self._wake = asyncio.Event()
         self._scheduler_ready = asyncio.Event()
         # Replaced after each set so that every waiter of the old one wakes exactly once.
@@ -127,15 +129,26 @@ class EngineLoop:
             except asyncio.CancelledError:
                 pass
         self._void_in_flight()
-        self._fail_all(
-            grpc.StatusCode.UNAVAILABLE, "the scheduler is shutting down; retry on another replica"
-        )
+        self._fail_all(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuses new Submits (UNAVAILABLE: the frontend places them elsewhere) and waits up to
+        `timeout_s` for the live requests to finish; `stop` ends the rest, which the frontend's
+        failover continues on another replica."""
+        self.draining = True
+        self._on_load_change()
+        deadline = time.monotonic() + timeout_s
+        # A broken group makes no progress: waiting for it would only delay the failover.
+        while self._streams and self._group.is_ready and time.monotonic() < deadline:
+            await asyncio.sleep(_DEADLINE_POLL_S)
 
     async def submit(self, spec: RequestSpec, non_blocking: bool, deadline: float | None) -> RequestStream:
         """Admits `spec` and returns its stream; raises SubmitRejected with the status to answer.
 
         `deadline` is a time.monotonic() value after which waiting for admission gives up.
         """
+        if self.draining:
+            raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         if spec.request_id in self._streams:
             raise SubmitRejected(
                 grpc.StatusCode.ALREADY_EXISTS,

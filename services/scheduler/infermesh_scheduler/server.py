@@ -102,7 +102,12 @@ async def serve(cfg: SchedulerConfig, metadata: ModelMetadata, stop: asyncio.Eve
         return 0 if scheduler is None else scheduler.load().num_waiting
 
     health = ServingHealth(
-        health_servicer, [SERVICE_NAME], cfg.max_queue_size, lambda: group.is_ready, num_waiting
+        # A draining replica reports NOT_SERVING so the frontends route new work elsewhere.
+        health_servicer,
+        [SERVICE_NAME],
+        cfg.max_queue_size,
+        lambda: group.is_ready and not engine.draining,
+        num_waiting,
     )
     engine = EngineLoop(
         cfg,
@@ -198,6 +203,7 @@ async def serve(cfg: SchedulerConfig, metadata: ModelMetadata, stop: asyncio.Eve
         logger.info("scheduler shutting down")
         if registration is not None:
             await asyncio.to_thread(registration.stop)
+        await engine.drain(cfg.drain_timeout_s)
         await engine.stop()
         await server.stop(_SHUTDOWN_GRACE_S)
         if health_server is not None:

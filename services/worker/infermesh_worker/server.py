@@ -183,7 +183,8 @@ def run(cfg: WorkerConfig) -> int:
             except RegistrationTimeout as exc:
                 logger.error("registering again failed: %s", exc)
     set_serving(health, [SERVICE_NAME], False)
-    server.stop(grace=2).wait()
+    # New steps are refused from here; the step running finishes and is answered (drain).
+    server.stop(grace=cfg.drain_timeout_s).wait()
     if health_server is not None:
         health_server.stop(0)
     torch_thread_done = servicer.close()

@@ -14,6 +14,10 @@ _HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
+# Statuses that mean "try again later": they carry Retry-After, in seconds (the queue or the
+# replica set usually changes within a second; clients back off further on repeats).
+_RETRY_LATER = frozenset({429, 503})
+RETRY_AFTER_S = 1
 _ERROR_TYPE = {
     400: "invalid_request_error",
     404: "invalid_request_error",
@@ -62,6 +66,10 @@ class ApiError(Exception):
         if param is None and code == grpc.StatusCode.INVALID_ARGUMENT:
             param = _param_in_message(message)
         return cls(_HTTP_STATUS.get(code, 500), message, param=param, code=code.name.lower())
+
+    def headers(self) -> dict[str, str]:
+        """Retry-After on every 429 and 503."""
+        return {"Retry-After": str(RETRY_AFTER_S)} if self.status in _RETRY_LATER else {}
 
     def body(self) -> dict[str, object]:
         return {

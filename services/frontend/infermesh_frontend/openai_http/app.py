@@ -63,14 +63,14 @@ async def _errors_as_openai_json(request: web.Request, handler: Handler) -> web.
     try:
         return await handler(request)
     except ApiError as error:
-        return web.json_response(error.body(), status=error.status)
+        return web.json_response(error.body(), status=error.status, headers=error.headers())
     except RequestError as error:
         api_error = ApiError.from_grpc(error.code, error.message, error.param)
-        return web.json_response(api_error.body(), status=api_error.status)
+        return web.json_response(api_error.body(), status=api_error.status, headers=api_error.headers())
     except web.HTTPException as error:
         if error.status >= 400:
             api_error = ApiError(error.status, f"{request.method} {request.path}: {error.reason}")
-            return web.json_response(api_error.body(), status=error.status)
+            return web.json_response(api_error.body(), status=error.status, headers=api_error.headers())
         raise
 
 

@@ -7,7 +7,7 @@ from importlib import metadata
 from aiohttp import web
 
 from infermesh_frontend.openai_http import protocol
-from infermesh_frontend.openai_http.api_error import invalid
+from infermesh_frontend.openai_http.api_error import RETRY_AFTER_S, invalid
 from infermesh_frontend.openai_http.chat_template import ChatTemplateError
 from infermesh_frontend.openai_http.openapi import openapi_document
 from infermesh_frontend.openai_http.request_body import read_json, typed_body
@@ -39,11 +39,13 @@ class InfoRoutes:
         ]
 
     async def health(self, request: web.Request) -> web.Response:
-        """200 when a scheduler answers, 503 otherwise (as vLLM's engine health)."""
+        """200 when a scheduler answers, 503 otherwise (as vLLM's engine health) and while the
+        frontend drains (balancers move away)."""
         try:
+            self._api.runner.drain.admit()
             await self._api.runner.model_info.fetch()
         except RequestError as error:
-            return web.Response(status=503, text=error.message)
+            return web.Response(status=503, text=error.message, headers={"Retry-After": str(RETRY_AFTER_S)})
         return web.Response(status=200)
 
     async def version(self, request: web.Request) -> web.Response:
