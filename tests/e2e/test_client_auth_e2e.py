@@ -317,3 +317,57 @@ def test_prefix_cache_hits_never_cross_tenants(cluster: UpCluster) -> None:
     )
     assert again_a > 0 and again_b > 0
     assert first_b == 0 and other_salt_b == 0
+
+
+def _post_json(url: str, body: dict, key: str) -> dict:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as page:
+        return json.loads(page.read())
+
+
+def _cached_for_ids(cluster: UpCluster, key: str, ids: list[int], salt: str) -> int:
+    with open_channel(cluster.frontend_address) as channel:
+        stub = frontend_pb2_grpc.FrontendServiceStub(channel)
+        request_input = frontend_pb2.GenerateInput(
+            token_ids=frontend_pb2.TokenIds(ids=ids),
+            sampling=frontend_pb2.ClientSamplingParams(temperature=0, max_tokens=2),
+            cache_salt=salt,
+        )
+        response = stub.Generate(
+            frontend_pb2.GenerateRequest(input=request_input), timeout=120, metadata=_auth(key)
+        )
+    return response.usage.cached_prompt_tokens
+
+
+def test_http_cache_salt_names_the_same_namespace_as_the_grpc_field(cluster: UpCluster) -> None:
+    """An HTTP request with cache_salt warms exactly the namespace a gRPC request with the same
+    cache_salt (and key) reads; another salt, or none, sees nothing of it."""
+    base = _http_base(cluster)
+    prompt = "Salted completion prompt spanning several KV blocks: " + "http salt words " * 12
+    messages = [{"role": "user", "content": "Salted chat prompt: " + "chat salt words " * 12}]
+    common = {"model": MODEL, "max_tokens": 2, "temperature": 0}
+    _post_json(f"{base}/completions", {**common, "prompt": prompt, "cache_salt": "s-http"}, KEY_A)
+    _post_json(f"{base}/chat/completions", {**common, "messages": messages, "cache_salt": "s-chat"}, KEY_A)
+    root = base.removesuffix("/v1")
+    prompt_ids = _post_json(f"{root}/tokenize", {"model": MODEL, "prompt": prompt}, KEY_A)["tokens"]
+    chat_ids = _post_json(f"{root}/tokenize", {"model": MODEL, "messages": messages}, KEY_A)["tokens"]
+    cached = {
+        "completion, same salt": _cached_for_ids(cluster, KEY_A, prompt_ids, "s-http"),
+        "completion, other salt": _cached_for_ids(cluster, KEY_A, prompt_ids, "s-other"),
+        "chat, same salt": _cached_for_ids(cluster, KEY_A, chat_ids, "s-chat"),
+        "chat, no salt": _cached_for_ids(cluster, KEY_A, chat_ids, ""),
+    }
+    print("cached_prompt_tokens after HTTP requests with cache_salt:", cached)
+    assert cached["completion, same salt"] > 0 and cached["chat, same salt"] > 0
+    assert cached["completion, other salt"] == 0 and cached["chat, no salt"] == 0
+
+
+@pytest.mark.parametrize("salt", ["", 7, "x" * 257])
+def test_a_bad_cache_salt_is_a_400(cluster: UpCluster, salt: object) -> None:
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 1, "cache_salt": salt}
+    status, kind = _post(f"{_http_base(cluster)}/completions", body, KEY_A)
+    assert (status, kind) == (400, "invalid_request_error")

@@ -36,6 +36,10 @@ def tenant_of_key(key: str) -> str:
     return "k" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+# A salt names a namespace; it is hashed into every block's key, so it need not be long.
+MAX_CACHE_SALT_CHARS = 256
+
+
 def tenant_cache_salt(tenant: str, client_salt: str) -> str:
     """The prefix-cache namespace of a request: its tenant's, narrowed by the client's own
     cache_salt. A client cannot pick another tenant's namespace: the tenant always leads."""

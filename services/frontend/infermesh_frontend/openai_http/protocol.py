@@ -50,6 +50,7 @@ class _SamplingFields(_Request):
     spaces_between_special_tokens: StrictBool | None = None
     include_stop_str_in_output: StrictBool | None = None
     priority: StrictInt | None = None
+    cache_salt: StrictStr | None = None
     # Advisory in OpenAI's API (storage, attribution): accepted, they change nothing here.
     store: StrictBool | None = None
     metadata: dict[str, Any] | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 from infermesh.v1 import frontend_pb2
 
+from infermesh_frontend.client_auth import MAX_CACHE_SALT_CHARS
 from infermesh_frontend.openai_http.api_error import invalid
 
 
@@ -199,6 +200,15 @@ def _generate_input(
         if not -_INT32_MAX - 1 <= priority <= _INT32_MAX:
             raise invalid(f"priority must be a 32-bit integer, got {priority}", "priority")
         generate_input.priority = priority
+    cache_salt = _optional(body, "cache_salt", "str")
+    if cache_salt is not None:
+        # vLLM's rule: given means non-empty. The tenant's salt is added in front by the app.
+        if not cache_salt or len(cache_salt) > MAX_CACHE_SALT_CHARS:
+            raise invalid(
+                f"cache_salt must be a non-empty string of at most {MAX_CACHE_SALT_CHARS} characters",
+                "cache_salt",
+            )
+        generate_input.cache_salt = cache_salt
     return generate_input
 
 
