@@ -289,3 +289,12 @@ def test_frontend_discovery_and_port_rules_are_checked_at_load(llama_dir):
     assert err.value.causes == [
         "http_port 9000 is also the gRPC port or the metrics port; give the HTTP API a port of its own"
     ]
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_seed_003_disable_sliding_window_is_the_option_sent_to_workers(llama_dir, write_file, value):
+    grouped = f"advanced_tuning_config: {{disable_sliding_window: {str(value).lower()}}}"
+    path = write_file("s.yaml", f"model_path: {llama_dir}\n{grouped}\n")
+    cfg = resolve_config("scheduler", ["--config-file", str(path)])
+    assert cfg.disable_sliding_window is value and cfg.notes == ()
+    assert resolve_config("scheduler", ["--model-path", str(llama_dir)]).disable_sliding_window is False

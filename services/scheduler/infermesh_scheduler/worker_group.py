@@ -390,6 +390,7 @@ class WorkerGroup:
             gpu_memory_utilization=s.gpu_memory_utilization,
             config_overrides_json=s.custom_config or "",
             enable_flash_attn=s.enable_flash_attn,
+            disable_sliding_window=s.disable_sliding_window,
         )
 
     def _pool_size(

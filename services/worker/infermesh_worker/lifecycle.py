@@ -39,6 +39,7 @@ class LoadSpec:
     gpu_memory_utilization: float = 0.9
     config_overrides_json: str = ""
     enable_flash_attn: bool = True
+    disable_sliding_window: bool = False
 
 
 @dataclass(slots=True)
@@ -72,7 +73,7 @@ def check_spec(spec: LoadSpec, device: torch.device) -> ModelConfig:
     validate_parallel_shape(spec.tp_size, spec.tp_rank, spec.pp_size, spec.pp_rank)
     if not Path(spec.model_path).is_dir():
         raise InvalidArgumentError(f"model_path {spec.model_path!r} is not a directory on this worker")
-    config = load_model_config(spec.model_path, spec.config_overrides_json)
+    config = load_model_config(spec.model_path, spec.config_overrides_json, spec.disable_sliding_window)
     plan_shard(config, ParallelContext(spec.tp_size, spec.tp_rank, spec.pp_size, spec.pp_rank))
     return config
 

@@ -84,19 +84,23 @@ def _rope_config(raw: dict) -> RopeConfig:
     return rope
 
 
-def _sliding_window(raw: dict, architecture: str) -> int | None:
+def _sliding_window(raw: dict, architecture: str, disable: bool) -> int | None:
+    if disable:
+        return None  # the scheduler's disable_sliding_window: full attention whatever config.json says
     if architecture == "MistralForCausalLM":
         window = raw.get("sliding_window")
         return int(window) if window else None
     if raw.get("use_sliding_window"):
         raise InvalidArgumentError(
-            f"{architecture} with use_sliding_window=true is not supported; set it to false in config.json"
+            f"{architecture} with use_sliding_window=true is not supported; set it to false in config.json "
+            "or set disable_sliding_window: true on the scheduler (full attention)"
         )
     return None
 
 
-def parse_model_config(raw: dict) -> ModelConfig:
-    """Builds a ModelConfig from a config.json dict; raises InvalidArgumentError on what we cannot run."""
+def parse_model_config(raw: dict, disable_sliding_window: bool = False) -> ModelConfig:
+    """Builds a ModelConfig from a config.json dict; raises InvalidArgumentError on what we cannot run.
+    disable_sliding_window drops the checkpoint's window: every layer attends to the whole context."""
     architectures = raw.get("architectures") or []
     if not architectures or architectures[0] not in _ARCHITECTURES:
         raise InvalidArgumentError(
@@ -131,7 +135,7 @@ def parse_model_config(raw: dict) -> ModelConfig:
             mlp_bias=bool(raw.get("mlp_bias", False)),
             qk_norm=qk_norm,
             rope=_rope_config(raw),
-            sliding_window=_sliding_window(raw, architecture),
+            sliding_window=_sliding_window(raw, architecture, disable_sliding_window),
             raw=raw,
         )
     except KeyError as exc:
@@ -175,9 +179,11 @@ def read_config_json(model_path: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_model_config(model_path: str | Path, overrides_json: str = "") -> ModelConfig:
+def load_model_config(
+    model_path: str | Path, overrides_json: str = "", disable_sliding_window: bool = False
+) -> ModelConfig:
     """Reads `model_path`/config.json, merges the JSON object `overrides_json` over it (see
     checked_overrides), and parses it."""
     raw = read_config_json(model_path)
     raw.update(checked_overrides(raw, overrides_json))
-    return parse_model_config(raw)
+    return parse_model_config(raw, disable_sliding_window)

@@ -111,6 +111,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             gpu_memory_utilization=request.gpu_memory_utilization or 0.9,
             config_overrides_json=request.config_overrides_json,
             enable_flash_attn=request.enable_flash_attn,
+            disable_sliding_window=request.disable_sliding_window,
         )
         logger.info(
             "loading %s (dtype=%s tp=%d/%d pp=%d/%d)",
@@ -123,7 +124,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
         try:
             # Refused before anything is unloaded: the model served so far keeps serving.
-            load_model_config(spec.model_path, spec.config_overrides_json)
+            load_model_config(spec.model_path, spec.config_overrides_json, spec.disable_sliding_window)
         except WorkerError as exc:
             logger.warning("LoadModel refused: %s", exc)
             context.abort(exc.code, str(exc))

@@ -108,15 +108,6 @@ def _swap_space(path: str, value: Any, notes: list[str]) -> list[tuple[str, Any]
     return [("swap_space_gb", value)]
 
 
-def _sliding_window(path: str, value: Any, notes: list[str]) -> list[tuple[str, Any]]:
-    if value is True:
-        notes.append(
-            f"{path}: infermesh never uses sliding-window attention; every layer attends to the whole context"
-        )
-        return []
-    raise _Refused(f"{path} = {value!r} is not supported: sliding-window attention is not implemented")
-
-
 def _hardware(path: str, value: Any, notes: list[str]) -> list[tuple[str, Any]]:
     raise _Refused(
         f"{path} is not supported: it describes hardware for aiconfigurator's estimates; infermesh takes "
@@ -170,7 +161,7 @@ SEED003_ALIASES: dict[str, dict[str, AliasHandler]] = {
         "max_prefill_batch_size": _refuse(
             "not supported yet: prefills per step are bounded by max_tokens_per_step and max_batch_size"
         ),
-        "disable_sliding_window": _sliding_window,
+        "disable_sliding_window": _to("disable_sliding_window"),
     },
 }
 
