@@ -166,6 +166,76 @@ SEED003_ALIASES: dict[str, dict[str, AliasHandler]] = {
 }
 
 
+# Seed 003's legacy flat `parameters` (SGLang / vLLM flag names, each with a list of values to
+# try): a flag names one of our flat options, or "section.key" of a grouped alias above so both
+# forms share one rule. Our own options in flag form (block-size) are accepted too.
+LEGACY_PARAMETERS: dict[str, str] = {
+    "tp-size": "tp_size",
+    "tensor-parallel-size": "tp_size",
+    "pp-size": "pp_size",
+    "pipeline-parallel-size": "pp_size",
+    "dp-size": "parallel_config.dp",
+    "data-parallel-size": "parallel_config.dp",
+    "mem-fraction-static": "gpu_memory_utilization",
+    "gpu-memory-utilization": "gpu_memory_utilization",
+    "max-model-len": "max_model_len",
+    "context-length": "max_model_len",
+    "schedule-policy": "scheduling_config.schedule_policy",
+    "max-num-batched-tokens": "max_tokens_per_step",
+    "max-num-seqs": "max_batch_size",
+    "max-running-requests": "max_batch_size",
+    "kv-cache-dtype": "quantization_config.kvcache_quant_mode",
+    "quantization": "quantization_config.gemm_quant_mode",
+    "enable-prefix-caching": "enable_prefix_cache",
+    "enable-chunked-prefill": "advanced_tuning_config.enable_chunked_prefill",
+    "swap-space": "advanced_tuning_config.swap_space",
+    "disable-sliding-window": "disable_sliding_window",
+    "enforce-eager": "memory_config.enforce_eager",
+}
+
+
+def _legacy_value(path: str, values: Any) -> Any:
+    """The one value of a legacy entry: the seed lists values to sweep; one run takes one."""
+    if not isinstance(values, list):
+        return values  # a bare value is a list of one
+    if len(values) == 1:
+        return values[0]
+    if not values:
+        raise _Refused(f"{path} is empty: give the one value to run with, e.g. {path.split('.', 1)[1]}: [4]")
+    raise _Refused(
+        f"{path} = {values!r} lists {len(values)} values: a legacy parameters entry is a sweep (one run "
+        f"per value) but a scheduler runs with one value; keep one (e.g. [{values[0]!r}]) and start "
+        "one scheduler per value to compare them"
+    )
+
+
+def _legacy_parameters(
+    body: dict[str, Any], props: dict[str, Any], notes: list[str], errors: list[str]
+) -> list[tuple[str, Any, str]]:
+    """(flat key, value, where it was written) for each entry of seed 003's `parameters`."""
+    own_flags = {key.replace("_", "-"): key for key in props}
+    out: list[tuple[str, Any, str]] = []
+    for flag, values in body.items():
+        flag = str(flag)
+        path = f"parameters.{flag}"
+        target = LEGACY_PARAMETERS.get(flag) or own_flags.get(flag)
+        if target is None:
+            hint = did_you_mean(flag, list(LEGACY_PARAMETERS) + list(own_flags))
+            errors.append(f"Invalid parameters key: {flag!r}{hint}")
+            continue
+        try:
+            value = _legacy_value(path, values)
+            if "." in target:
+                section, alias = target.split(".")
+                pairs = SEED003_ALIASES[section][alias](path, value, notes)
+                out += [(key, mapped, path) for key, mapped in pairs]
+            else:
+                out.append((target, value, path))
+        except _Refused as exc:
+            errors.append(str(exc))
+    return out
+
+
 @dataclass(slots=True)
 class Normalised:
     """Flat option values from one source, where each was written, and notes to log."""
@@ -206,7 +276,8 @@ def did_you_mean(name: str, candidates: Sequence[str]) -> str:
 
 def normalise(raw: dict[str, Any], schema: dict[str, Any], service: str) -> Normalised:
     """Flatten one source's mapping: top-level flat keys, our own sections (memory_config:
-    {block_size: 32}) and seed 003's sections all become flat keys; every problem is collected."""
+    {block_size: 32}), seed 003's sections and its legacy `parameters` all become flat keys; every
+    problem is collected."""
     props = schema["properties"]
     own_sections = sections(schema)
     out = Normalised()
@@ -227,10 +298,17 @@ def normalise(raw: dict[str, Any], schema: dict[str, Any], service: str) -> Norm
     # Seed 003's sections describe one serving engine: in infermesh, the scheduler's options.
     aliases = SEED003_ALIASES if service == "scheduler" else {}
     section_names = sorted(set(own_sections) | set(aliases))
+    legacy = ["parameters"] if aliases else []
     for top, value in raw.items():
         top = str(top)
         if top in props:
             put(top, value, top)
+        elif top in legacy:
+            if not isinstance(value, dict):
+                errors.append(f"parameters must be a mapping of flag: [value] (got {type(value).__name__})")
+                continue
+            for key, mapped, path in _legacy_parameters(value, props, out.notes, errors):
+                put(key, mapped, path)
         elif top in section_names:
             if not isinstance(value, dict):
                 errors.append(f"{top} must be a mapping of options (got {type(value).__name__})")
@@ -247,9 +325,8 @@ def normalise(raw: dict[str, Any], schema: dict[str, Any], service: str) -> Norm
                 service,
             )
         else:
-            errors.append(
-                f"unknown option {top!r} for the {service}{did_you_mean(top, list(props) + section_names)}"
-            )
+            hint = did_you_mean(top, list(props) + section_names + legacy)
+            errors.append(f"unknown option {top!r} for the {service}{hint}")
     if errors:
         raise ConfigError(errors)
     return out
