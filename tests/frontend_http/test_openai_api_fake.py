@@ -3,6 +3,7 @@ errors, request refusals, n > 1 and logprobs shapes, chat streaming, and tracepa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -353,3 +354,46 @@ def test_strict_request_fields_refuses_unknown_fields_by_name(
         assert "strict_request_fields" in answer["error"]["message"]
     finally:
         loop.run(server.stop(0))
+
+
+def test_a_large_chat_is_rendered_and_tokenized_off_the_event_loop(
+    loop: LoopThread, model_dir: Path, fake_server: tuple[FakeScheduler, str]
+) -> None:
+    tokenizer = FrontendTokenizer.from_model_path(model_dir)
+    encode = tokenizer.encode
+    on_loop: list[tuple[int, bool]] = []
+
+    def recording_encode(text: str, *args, **kwargs) -> list[int]:
+        try:
+            asyncio.get_running_loop()
+            running = True
+        except RuntimeError:
+            running = False
+        on_loop.append((len(text), running))
+        return encode(text, *args, **kwargs)
+
+    tokenizer.encode = recording_encode
+
+    async def start() -> FrontendServer:
+        settings = config_from_options(
+            "frontend", port=0, model_path=str(model_dir), scheduler_addresses=[fake_server[1]],
+            http_port=free_port(), default_max_tokens=4,
+        )  # fmt: skip
+        server = FrontendServer(settings, tokenizer=tokenizer)
+        await server.start()
+        return server
+
+    server = loop.run(start())
+    try:
+        url = f"http://127.0.0.1:{server.http_server.port}"
+        for words in (3, 2000):
+            messages = [{"role": "user", "content": "word " * words}]
+            _post(f"{url}/v1/chat/completions", {"model": MODEL, "messages": messages, "max_tokens": 2})
+            _post(f"{url}/tokenize", {"model": MODEL, "messages": messages})
+    finally:
+        loop.run(server.stop(0))
+    small = [running for size, running in on_loop if size < 1000]
+    large = [running for size, running in on_loop if size >= 10000]
+    print("encode calls (chars, on the event loop):", on_loop)
+    assert len(small) >= 2 and all(small)
+    assert len(large) == 2 and not any(large)

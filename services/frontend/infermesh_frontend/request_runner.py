@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from infermesh.v1 import common_pb2, frontend_pb2, scheduler_pb2
@@ -34,7 +35,18 @@ from infermesh_frontend.scheduler_pool import SchedulerPool
 from infermesh_frontend.tokenizer import FrontendTokenizer
 
 # Prompts shorter than this (characters) are tokenized inline: a thread hop costs more.
+_T = TypeVar("_T")
 _INLINE_TOKENIZE_CHARS = 4096
+
+
+async def tokenizer_work(size_chars: int, fn: Callable[..., _T], *args, **kwargs) -> _T:
+    """`fn(*args, **kwargs)` (tokenizing, rendering a chat template) over `size_chars` of input.
+
+    Large inputs take milliseconds to seconds: they run on a thread, off the event loop, so the
+    streams of other clients keep flowing meanwhile; small ones inline (a thread hop costs more)."""
+    if size_chars < _INLINE_TOKENIZE_CHARS:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +148,7 @@ class RequestRunner:
         )
 
     async def _encode(self, text: str) -> list[int]:
-        # A long prompt takes the tokenizer milliseconds to seconds: off the event loop, so the
-        # streams of other clients keep flowing meanwhile.
-        if len(text) < _INLINE_TOKENIZE_CHARS:
-            return self.tokenizer.encode(text, add_special_tokens=True)
-        return await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens=True)
+        return await tokenizer_work(len(text), self.tokenizer.encode, text, add_special_tokens=True)
 
     async def complete(
         self, request_input: frontend_pb2.GenerateInput, operation: str = sc.OPERATION_TEXT_COMPLETION

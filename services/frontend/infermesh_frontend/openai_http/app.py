@@ -48,7 +48,7 @@ from infermesh_frontend.openai_http.response_shapes import (
 from infermesh_frontend.openai_http.schemas import ParsedRequest, parse_chat_request, parse_completion_request
 from infermesh_frontend.openai_http.served_models import ServedModels, model_card
 from infermesh_frontend.request_error import RequestError
-from infermesh_frontend.request_runner import RequestRunner
+from infermesh_frontend.request_runner import RequestRunner, tokenizer_work
 from infermesh_frontend.request_tracing import tokenize_span
 from infermesh_frontend.token_bytes import TokenBytes
 
@@ -123,6 +123,24 @@ class OpenAIApi:
                 str(error), "chat_template" if template_source is not None else "messages"
             ) from error
 
+    async def chat_prompt_ids(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        template_source: str | None = None,
+        kwargs: dict | None = None,
+        add_special_tokens: bool = False,
+    ) -> list[int]:
+        """The token ids of the rendered conversation (see render_chat); a large one is rendered
+        and tokenized off the event loop, as a long completion prompt is."""
+
+        def render_and_encode() -> list[int]:
+            prompt = self.render_chat(messages, add_generation_prompt, template_source, kwargs)
+            return self._runner.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+
+        size = sum(len(str(m.get("content") or "")) for m in messages) + len(template_source or "")
+        return await tokenizer_work(size, render_and_encode)
+
     def routes(self) -> list[web.RouteDef]:
         return [
             *InfoRoutes(self).routes(),
@@ -154,12 +172,14 @@ class OpenAIApi:
         parsed = parse_chat_request(body)
         typed_body(ChatCompletionRequest, body, self.strict)
         shape = ChatShape(*await self._envelope(parsed, "chatcmpl"), self._token_text, self._token_bytes)
-        prompt = self.render_chat(
-            parsed.messages, parsed.add_generation_prompt, parsed.chat_template, parsed.chat_template_kwargs
-        )
         # As transformers' apply_chat_template: the template already placed the special tokens.
         with tokenize_span():
-            ids = self._runner.tokenizer.encode(prompt, add_special_tokens=False)
+            ids = await self.chat_prompt_ids(
+                parsed.messages,
+                parsed.add_generation_prompt,
+                parsed.chat_template,
+                parsed.chat_template_kwargs,
+            )
         parsed.generate_input.token_ids.ids.extend(ids)
         return await self._answer(request, parsed, shape)
 

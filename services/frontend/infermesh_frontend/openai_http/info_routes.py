@@ -12,6 +12,7 @@ from infermesh_frontend.openai_http.chat_template import ChatTemplateError
 from infermesh_frontend.openai_http.openapi import openapi_document
 from infermesh_frontend.openai_http.request_body import read_json, typed_body
 from infermesh_frontend.request_error import RequestError
+from infermesh_frontend.request_runner import tokenizer_work
 
 
 def _version() -> str:
@@ -58,17 +59,22 @@ class InfoRoutes:
         if isinstance(body, dict) and "messages" in body:
             parsed = typed_body(protocol.TokenizeChatRequest, body, self._api.strict)
             self._check_model(parsed.model, model)
-            text = self._api.render_chat(
+            ids = await self._api.chat_prompt_ids(
                 [m.model_dump(exclude_none=True) for m in parsed.messages],
                 parsed.add_generation_prompt,
                 parsed.chat_template,
                 parsed.chat_template_kwargs or {},
+                parsed.add_special_tokens,
             )
-            ids = tokenizer.encode(text, add_special_tokens=parsed.add_special_tokens)
         else:
             parsed = typed_body(protocol.TokenizeCompletionRequest, body, self._api.strict)
             self._check_model(parsed.model, model)
-            ids = tokenizer.encode(parsed.prompt, add_special_tokens=parsed.add_special_tokens)
+            ids = await tokenizer_work(
+                len(parsed.prompt),
+                tokenizer.encode,
+                parsed.prompt,
+                add_special_tokens=parsed.add_special_tokens,
+            )
         answer = protocol.TokenizeResponse(count=len(ids), max_model_len=model.max_model_len, tokens=ids)
         return web.json_response(answer.model_dump())
 
