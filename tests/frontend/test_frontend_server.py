@@ -293,6 +293,16 @@ def test_scheduler_status_passes_through_unchanged(stub, fake: FakeScheduler) ->
     assert caught.value.details() == "worker group incomplete: 1 of 2 workers registered"
 
 
+def test_queue_timeout_and_non_blocking_reach_the_scheduler(stub, fake: FakeScheduler) -> None:
+    request_input = _input("Hi")
+    request_input.queue_timeout_ms = 250
+    stub.Generate(frontend_pb2.GenerateRequest(input=request_input), timeout=RPC_TIMEOUT_S)
+    assert (fake.submits[-1].queue_timeout_ms, fake.submits[-1].non_blocking) == (250, False)
+    request_input.non_blocking = True
+    stub.Generate(frontend_pb2.GenerateRequest(input=request_input), timeout=RPC_TIMEOUT_S)
+    assert fake.submits[-1].non_blocking
+
+
 def test_request_timeout_is_deadline_exceeded_and_aborts(stub, fake: FakeScheduler) -> None:
     fake.endless = True
     fake.delay_s = 0.02

@@ -137,6 +137,48 @@ def test_scheduler_status_becomes_http_status(base_url: str, fake: FakeScheduler
         assert body["error"]["code"] == code.name.lower()
 
 
+@pytest.mark.parametrize(
+    ("code", "status"), [(grpc.StatusCode.RESOURCE_EXHAUSTED, 429), (grpc.StatusCode.UNAVAILABLE, 503)]
+)
+def test_429_and_503_carry_retry_after(base_url: str, fake: FakeScheduler, code, status: int) -> None:
+    fake.error = (code, "the queue stayed full")
+    for stream in (False, True):
+        body = json.dumps({"model": MODEL, "prompt": "Hi", "stream": stream}).encode()
+        request = urllib.request.Request(
+            f"{base_url}/completions", data=body, headers={"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=20)
+        assert refused.value.code == status
+        assert refused.value.headers["Retry-After"] == "1"
+
+
+def test_queue_timeout_ms_from_body_or_header_reaches_the_scheduler(
+    base_url: str, fake: FakeScheduler
+) -> None:
+    url = f"{base_url}/completions"
+    request = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+    assert _post(url, {**request, "queue_timeout_ms": 250})[0] == 200
+    assert fake.submits[-1].queue_timeout_ms == 250
+    assert _post(url, request, {"x-queue-timeout-ms": "400"})[0] == 200
+    assert fake.submits[-1].queue_timeout_ms == 400
+    # The body field is the more specific: it wins over the header.
+    assert _post(url, {**request, "queue_timeout_ms": 250}, {"x-queue-timeout-ms": "400"})[0] == 200
+    assert fake.submits[-1].queue_timeout_ms == 250
+    assert _post(url, request)[0] == 200
+    assert fake.submits[-1].queue_timeout_ms == 0  # the scheduler's queue_timeout_ms applies
+    submitted = len(fake.submits)
+    for body, headers, param in [
+        ({**request, "queue_timeout_ms": 0}, None, "queue_timeout_ms"),
+        ({**request, "queue_timeout_ms": "soon"}, None, "queue_timeout_ms"),
+        (request, {"x-queue-timeout-ms": "soon"}, "x-queue-timeout-ms"),
+        (request, {"x-queue-timeout-ms": str(2**32)}, "x-queue-timeout-ms"),
+    ]:
+        status, answer = _post(url, body, headers)
+        assert (status, answer["error"]["param"]) == (400, param), answer
+    assert len(fake.submits) == submitted
+
+
 def test_no_scheduler_is_503(loop: LoopThread, model_dir: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -184,7 +184,7 @@ def tiny_queue(model_dir, request):
         "--max-queue-size",
         "1",
         "--queue-overflow-policy",
-        request.param,
+        *request.param.split(),  # the policy, then any further scheduler flags
     )
     worker = None
     try:
@@ -221,6 +221,34 @@ def test_block_policy_waits_for_room_unless_non_blocking(tiny_queue):
     assert blocked == [10, 11, 12]
     assert [t for r in waiting for t in r.token_ids] == [8, 9, 10]
     assert len([t for r in running for t in r.token_ids]) == 29  # the first token was read by _fill
+    wait_all_blocks_free(stub)
+    assert_no_plan_errors(worker)
+
+
+@pytest.mark.parametrize(
+    ("tiny_queue", "request_timeout_ms", "named_ms"),
+    [
+        ("block", 300, 300),
+        ("block --queue-timeout-ms 250", 0, 250),
+        ("block --queue-timeout-ms 60000", 300, 300),
+    ],
+    indirect=["tiny_queue"],
+)
+def test_block_policy_fails_fast_after_queue_timeout_ms(tiny_queue, request_timeout_ms, named_ms):
+    """The request's queue_timeout_ms, else the scheduler's: RESOURCE_EXHAUSTED, nothing left queued."""
+    stub, worker = tiny_queue
+    running, waiting = _fill(stub, 200)
+    started = time.monotonic()
+    err = submit_error(stub, submit_request("impatient", [9], 3, queue_timeout_ms=request_timeout_ms))
+    assert time.monotonic() - started >= named_ms / 1000  # it did wait for room that long
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"queue_timeout_ms={named_ms}" in err.details()
+    # No queue entry and no live id left behind: the same id is refused for the full queue only.
+    assert load(stub).num_waiting == 1
+    again = submit_error(stub, submit_request("impatient", [9], 3, non_blocking=True))
+    assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_queue_size=1" in again.details()
+    running.cancel()
+    assert [t for r in waiting for t in r.token_ids] == [8, 9, 10]
     wait_all_blocks_free(stub)
     assert_no_plan_errors(worker)
 

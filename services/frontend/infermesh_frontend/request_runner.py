@@ -127,6 +127,7 @@ class RequestRunner:
             priority_class=request_input.priority_class,
             client_id=request_input.client_id,
             non_blocking=request_input.non_blocking,
+            queue_timeout_ms=request_input.queue_timeout_ms,
             cache_salt=request_input.cache_salt,
         )
         if request_input.HasField("priority"):

@@ -142,10 +142,14 @@ class EngineLoop:
         while self._streams and self._group.is_ready and time.monotonic() < deadline:
             await asyncio.sleep(_DEADLINE_POLL_S)
 
-    async def submit(self, spec: RequestSpec, non_blocking: bool, deadline: float | None) -> RequestStream:
+    async def submit(
+        self, spec: RequestSpec, non_blocking: bool, deadline: float | None, queue_timeout_ms: int = 0
+    ) -> RequestStream:
         """Admits `spec` and returns its stream; raises SubmitRejected with the status to answer.
 
-        `deadline` is a time.monotonic() value after which waiting for admission gives up.
+        `deadline` is a time.monotonic() value after which waiting for admission gives up;
+        `queue_timeout_ms` (0 = the scheduler's queue_timeout_ms, itself 0 = no bound) bounds the
+        wait for room in a full `block` queue (RESOURCE_EXHAUSTED past it).
         """
         if self.draining:
             raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
@@ -157,6 +161,7 @@ class EngineLoop:
             )
         stream = RequestStream(spec.request_id)
         self._streams[spec.request_id] = stream
+        queue_deadline: tuple[float, int] | None = None  # (monotonic instant, the ms it came from)
         try:
             scheduler = await self._wait_for_scheduler(deadline)
             while True:
@@ -172,7 +177,8 @@ class EngineLoop:
                 except QueueFullError as full:
                     if full.policy != "block" or non_blocking:
                         raise SubmitRejected(*status_of_refusal(full)) from None
-                await self._wait_for_room(deadline)
+                    queue_deadline = queue_deadline or self._queue_deadline(queue_timeout_ms)
+                await self._wait_for_room(deadline, queue_deadline)
         except BaseException as err:
             if self._streams.get(spec.request_id) is stream:
                 del self._streams[spec.request_id]
@@ -250,13 +256,25 @@ class EngineLoop:
             raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
         return self._scheduler
 
-    async def _wait_for_room(self, deadline: float | None) -> None:
+    def _queue_deadline(self, queue_timeout_ms: int) -> tuple[float, int] | None:
+        timeout_ms = queue_timeout_ms or self._settings.queue_timeout_ms
+        return (time.monotonic() + timeout_ms / 1000, timeout_ms) if timeout_ms else None
+
+    async def _wait_for_room(self, deadline: float | None, queue_deadline: tuple[float, int] | None) -> None:
         room = self._room
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        queue_first = queue_deadline is not None and (deadline is None or queue_deadline[0] < deadline)
+        until = queue_deadline[0] if queue_deadline is not None and queue_first else deadline
+        timeout = None if until is None else max(0.0, until - time.monotonic())
         self._room_waiters += 1
         try:
             await asyncio.wait_for(room.wait(), timeout)
         except asyncio.TimeoutError:
+            if queue_deadline is not None and queue_first:
+                raise SubmitRejected(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the queue stayed full for queue_timeout_ms={queue_deadline[1]} "
+                    "(queue_overflow_policy=block): retry later or on another replica",
+                ) from None
             raise SubmitRejected(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "the request's deadline passed while it waited for room in the full queue "

@@ -82,7 +82,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 )
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
             spec.timeout_s = timeout_s
-            stream = await self._engine.submit(spec, request.non_blocking, deadline)
+            stream = await self._engine.submit(spec, request.non_blocking, deadline, request.queue_timeout_ms)
             if self._telemetry is not None:
                 self._telemetry.request_described(request.request_id, request.operation)
         except SubmitRejected as rejected:

@@ -45,7 +45,12 @@ from infermesh_frontend.openai_http.response_shapes import (
     CompletionShape,
     ResponseShape,
 )
-from infermesh_frontend.openai_http.schemas import ParsedRequest, parse_chat_request, parse_completion_request
+from infermesh_frontend.openai_http.schemas import (
+    ParsedRequest,
+    apply_queue_timeout_header,
+    parse_chat_request,
+    parse_completion_request,
+)
 from infermesh_frontend.openai_http.served_models import ServedModels, model_card
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_runner import RequestRunner, tokenizer_work
@@ -208,6 +213,7 @@ class OpenAIApi:
         operation = sc.OPERATION_CHAT if isinstance(shape, ChatShape) else sc.OPERATION_TEXT_COMPLETION
         # Cache hits never cross tenants: each key gets its own prefix-cache namespace.
         salted = parsed.generate_input
+        apply_queue_timeout_header(request.headers, salted)
         salted.cache_salt = tenant_cache_salt(request_tenant(request), salted.cache_salt)
         deltas = self._runner.run(salted, stream=parsed.stream, operation=operation)
         async with contextlib.aclosing(deltas):

@@ -51,6 +51,8 @@ class _SamplingFields(_Request):
     include_stop_str_in_output: StrictBool | None = None
     priority: StrictInt | None = None
     cache_salt: StrictStr | None = None
+    # infermesh: fail fast when the scheduler's queue stays full this long (also a header).
+    queue_timeout_ms: StrictInt | None = None
     # Advisory in OpenAI's API (storage, attribution): accepted, they change nothing here.
     store: StrictBool | None = None
     metadata: dict[str, Any] | None = None

@@ -7,6 +7,7 @@ echo with prompt logprobs, ...) is refused with a 400 naming it, never silently 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,7 +210,37 @@ def _generate_input(
                 "cache_salt",
             )
         generate_input.cache_salt = cache_salt
+    queue_timeout = _optional(body, "queue_timeout_ms", "int")
+    if queue_timeout is not None:
+        generate_input.queue_timeout_ms = checked_queue_timeout_ms(queue_timeout, "queue_timeout_ms")
     return generate_input
+
+
+QUEUE_TIMEOUT_HEADER = "x-queue-timeout-ms"
+
+
+def checked_queue_timeout_ms(value: int, param: str) -> int:
+    """A request's queue_timeout_ms (body field or header): milliseconds, 1 .. 2**32-1."""
+    if not 1 <= value <= _UINT32_MAX:
+        raise invalid(
+            f"{param} must be a whole number of milliseconds from 1 to {_UINT32_MAX}, got {value}", param
+        )
+    return value
+
+
+def apply_queue_timeout_header(
+    headers: Mapping[str, str], generate_input: frontend_pb2.GenerateInput
+) -> None:
+    """x-queue-timeout-ms, when the body did not set queue_timeout_ms itself."""
+    text = headers.get(QUEUE_TIMEOUT_HEADER)
+    if text is None or generate_input.queue_timeout_ms:
+        return
+    if not text.strip().isdigit():
+        raise invalid(
+            f"{QUEUE_TIMEOUT_HEADER} must be a whole number of milliseconds, got {text!r}",
+            QUEUE_TIMEOUT_HEADER,
+        )
+    generate_input.queue_timeout_ms = checked_queue_timeout_ms(int(text), QUEUE_TIMEOUT_HEADER)
 
 
 def _model(body: dict[str, Any]) -> str:
