@@ -371,3 +371,16 @@ def test_a_bad_cache_salt_is_a_400(cluster: UpCluster, salt: object) -> None:
     body = {"model": MODEL, "prompt": "hi", "max_tokens": 1, "cache_salt": salt}
     status, kind = _post(f"{_http_base(cluster)}/completions", body, KEY_A)
     assert (status, kind) == (400, "invalid_request_error")
+
+
+def test_a_long_grpc_cache_salt_is_invalid_argument(cluster: UpCluster) -> None:
+    with open_channel(cluster.frontend_address) as channel:
+        stub = frontend_pb2_grpc.FrontendServiceStub(channel)
+        request_input = _input("hi", max_tokens=1)
+        request_input.cache_salt = "x" * 257
+        code = rpc_code(
+            lambda: stub.Generate(
+                frontend_pb2.GenerateRequest(input=request_input), timeout=60, metadata=_auth(KEY_A)
+            )
+        )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT

@@ -9,10 +9,15 @@ from collections.abc import AsyncIterator
 import grpc
 from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
 
-from infermesh_frontend.client_auth import ApiKeys, grpc_authorization, tenant_cache_salt
+from infermesh_frontend.client_auth import (
+    MAX_CACHE_SALT_CHARS,
+    ApiKeys,
+    grpc_authorization,
+    tenant_cache_salt,
+)
 from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.request_error import RequestError
-from infermesh_frontend.request_runner import RequestRunner
+from infermesh_frontend.request_runner import RequestRunner, tokenizer_work
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +36,19 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
     ) -> None:
         # The interceptor let the call in; the key also names its tenant's cache namespace.
         tenant, _ = self._api_keys.authenticate(grpc_authorization(context.invocation_metadata()))
+        if len(request_input.cache_salt) > MAX_CACHE_SALT_CHARS:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"cache_salt has {len(request_input.cache_salt)} characters, "
+                f"at most {MAX_CACHE_SALT_CHARS} allowed",
+            )
         request_input.cache_salt = tenant_cache_salt(tenant, request_input.cache_salt)
 
     async def Generate(
         self, request: frontend_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> frontend_pb2.GenerateResponse:
-        self._authorize(request.input, context)
         try:
+            self._authorize(request.input, context)
             done = await self._runner.complete(request.input)
         except RequestError as error:
             await context.abort(error.code, error.message)
@@ -73,7 +84,12 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServiceServicer):
     async def Tokenize(
         self, request: frontend_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> frontend_pb2.TokenizeResponse:
-        ids = self._tokenizer.encode(request.text, add_special_tokens=request.add_special_tokens)
+        ids = await tokenizer_work(
+            len(request.text),
+            self._tokenizer.encode,
+            request.text,
+            add_special_tokens=request.add_special_tokens,
+        )
         return frontend_pb2.TokenizeResponse(token_ids=ids)
 
     async def Detokenize(
