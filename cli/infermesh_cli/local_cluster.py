@@ -170,12 +170,14 @@ def wait_serving(
 
 @dataclass
 class ClusterSpec:
-    """What to start: one scheduler with its worker group, and frontends in front of it."""
+    """What to start: scheduler replicas, each with its own worker group, and frontends in front."""
 
     model_path: Path
     frontend_port: int = 0
     tp_size: int = 1
     pp_size: int = 1
+    # Scheduler replicas; each gets its own tp·pp workers, the frontends list them all.
+    replicas: int = 1
     num_frontends: int = 1
     host: str = "127.0.0.1"
     scheduler_args: list[str] = field(default_factory=list)
@@ -189,13 +191,15 @@ class ClusterSpec:
 
 
 class LocalCluster:
-    """Starts and stops a scheduler, its tp·pp workers and the frontends, each in its own process."""
+    """Starts and stops scheduler replicas, their tp·pp workers and the frontends, each in its own
+    process. Replica 0 logs to scheduler.log, replica r > 0 to scheduler-r.log; workers are numbered
+    across replicas (worker-0 ... worker-(replicas·tp·pp - 1)), replica r owning the r-th run of tp·pp."""
 
     def __init__(self, spec: ClusterSpec, on_stage: Callable[[str], None] | None = None) -> None:
         self.spec = spec
         # Told one line per start-up stage (`infermesh up` prints them).
         self._on_stage = on_stage or (lambda line: None)
-        self.scheduler: ServiceProcess | None = None
+        self.schedulers: list[ServiceProcess] = []
         self.workers: list[ServiceProcess] = []
         self.frontends: list[ServiceProcess] = []
         self._role_tls: dict[str, TlsFiles] = {}
@@ -230,13 +234,23 @@ class LocalCluster:
         return self.frontends[0].address
 
     @property
-    def schedulers(self) -> list[ServiceProcess]:
-        return [self.scheduler] if self.scheduler is not None else []
+    def scheduler(self) -> ServiceProcess | None:
+        """Replica 0's scheduler."""
+        return self.schedulers[0] if self.schedulers else None
 
     @property
     def scheduler_address(self) -> str:
-        assert self.scheduler is not None and self.scheduler.address
-        return self.scheduler.address
+        return self.scheduler_addresses[0]
+
+    @property
+    def scheduler_addresses(self) -> list[str]:
+        assert self.schedulers and all(s.address for s in self.schedulers)
+        return [s.address for s in self.schedulers]  # type: ignore[misc]
+
+    def replica_workers(self, replica: int) -> list[ServiceProcess]:
+        """The workers of scheduler replica `replica`."""
+        size = self.spec.tp_size * self.spec.pp_size
+        return self.workers[replica * size : (replica + 1) * size]
 
     def _log_path(self, name: str) -> Path | None:
         if self.spec.log_dir is None:
@@ -246,44 +260,50 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         spec = self.spec
+        if spec.replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {spec.replicas}")
         if spec.tls_dir is not None and not self._role_tls:
             self._write_certs()
+        group_size = spec.tp_size * spec.pp_size
         try:
-            self.scheduler = self._spawn(
-                "scheduler",
-                "infermesh_scheduler",
-                [
-                    "--host",
-                    spec.host,
-                    "--port",
-                    "0",
-                    "--model-path",
-                    str(spec.model_path),
-                    "--tp-size",
-                    str(spec.tp_size),
-                    "--pp-size",
-                    str(spec.pp_size),
-                    "--num-workers",
-                    str(spec.tp_size * spec.pp_size),
-                    *self._tls_args("scheduler"),
-                    *spec.scheduler_args,
-                ],
-            )
-            self._on_stage("starting the scheduler")
-            scheduler_address = self.scheduler.wait_listening(spec.start_timeout_s)
-            self._on_stage(f"scheduler listening on {scheduler_address}")
-            self._on_stage(f"starting {spec.tp_size * spec.pp_size} worker(s)")
-            self.start_workers(spec.tp_size * spec.pp_size)
-            self._on_stage("workers listening; waiting for the worker group to load the model")
-            # Any cluster certificate may ask the scheduler's health; the launcher holds the frontend's.
-            wait_serving(
-                scheduler_address,
-                spec.start_timeout_s,
-                tls=self.role_tls("frontend"),
-                server_role="scheduler",
-                give_up=self._scheduler_refusal,
-            )
-            self._on_stage("worker group ready")
+            # Every replica loads its model at once: start all schedulers, then all workers.
+            for replica in range(spec.replicas):
+                self._on_stage(f"starting {self._replica_label(replica)}")
+                self.schedulers.append(
+                    self._spawn(
+                        "scheduler",
+                        "infermesh_scheduler",
+                        [
+                            *("--host", spec.host, "--port", "0"),
+                            *("--model-path", str(spec.model_path)),
+                            *("--tp-size", str(spec.tp_size), "--pp-size", str(spec.pp_size)),
+                            *("--num-workers", str(group_size)),
+                            *self._tls_args("scheduler"),
+                            *spec.scheduler_args,
+                        ],
+                        log_name="scheduler" if replica == 0 else f"scheduler-{replica}",
+                    )
+                )
+            for replica, scheduler in enumerate(self.schedulers):
+                address = scheduler.wait_listening(spec.start_timeout_s)
+                self._on_stage(f"{self._replica_label(replica)} listening on {address}")
+            for replica in range(spec.replicas):
+                self._on_stage(f"starting {group_size} worker(s) of {self._replica_label(replica)}")
+                self.start_workers(group_size, replica=replica)
+            for replica, scheduler in enumerate(self.schedulers):
+                self._on_stage(
+                    f"workers listening; waiting for the worker group of {self._replica_label(replica)} "
+                    "to load the model"
+                )
+                # Any cluster certificate may ask the scheduler's health; the launcher holds the frontend's.
+                wait_serving(
+                    scheduler.address or "",
+                    spec.start_timeout_s,
+                    tls=self.role_tls("frontend"),
+                    server_role="scheduler",
+                    give_up=self._scheduler_refusal,
+                )
+                self._on_stage(f"worker group of {self._replica_label(replica)} ready")
             for i in range(spec.num_frontends):
                 self._on_stage("starting the frontend")
                 self.start_frontend(port=spec.frontend_port if i == 0 else 0, index=i)
@@ -292,12 +312,16 @@ class LocalCluster:
             self.stop()
             raise
 
+    def _replica_label(self, replica: int) -> str:
+        return "scheduler" if self.spec.replicas == 1 else f"scheduler-{replica}"
+
     def _scheduler_refusal(self) -> str:
         """Why the scheduler will never serve ('refusing to serve', a dead service), or ''."""
-        for line in self.scheduler.output_tail(200).splitlines() if self.scheduler else []:
-            if "refusing to serve" in line:
-                return "scheduler " + line[line.index("refusing to serve") :]
-        for service in [self.scheduler, *self.workers]:
+        for scheduler in self.schedulers:
+            for line in scheduler.output_tail(200).splitlines():
+                if "refusing to serve" in line:
+                    return "scheduler " + line[line.index("refusing to serve") :]
+        for service in [*self.schedulers, *self.workers]:
             if service is not None and service.process is not None and service.process.poll() is not None:
                 return (
                     f"{service.name} exited with status {service.process.returncode}: "
@@ -305,7 +329,7 @@ class LocalCluster:
                 )
         return ""
 
-    def start_workers(self, count: int) -> list[ServiceProcess]:
+    def start_workers(self, count: int, replica: int = 0) -> list[ServiceProcess]:
         started = []
         for _ in range(count):
             index = len(self.workers)
@@ -318,7 +342,7 @@ class LocalCluster:
                     "--port",
                     "0",
                     "--scheduler-address",
-                    self.scheduler_address,
+                    self.scheduler_addresses[replica],
                     "--worker-name",
                     f"worker-{index}",
                     *self._tls_args("worker"),
@@ -345,7 +369,7 @@ class LocalCluster:
                 "--model-path",
                 str(self.spec.model_path),
                 "--scheduler-addresses",
-                self.scheduler_address,
+                ",".join(self.scheduler_addresses),
                 *self._tls_args("frontend"),
                 *self.spec.frontend_args,
             ],
@@ -367,10 +391,9 @@ class LocalCluster:
         return service
 
     def stop(self) -> None:
-        """Frontends first (no new work), then workers, then the scheduler."""
-        for service in [*self.frontends, *self.workers, self.scheduler]:
-            if service is not None:
-                service.stop()
+        """Frontends first (no new work), then workers, then the schedulers."""
+        for service in [*self.frontends, *self.workers, *self.schedulers]:
+            service.stop()
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -47,6 +47,12 @@ def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tp-size", type=int, default=1, help="tensor-parallel workers per pipeline stage")
     parser.add_argument("--pp-size", type=int, default=1, help="pipeline stages")
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="scheduler replicas, each with its own tp·pp workers, behind the one frontend (default 1)",
+    )
+    parser.add_argument(
         "--dtype",
         choices=["auto", "bf16", "fp16", "fp32"],
         default="auto",
@@ -105,6 +111,9 @@ def run_up(args: argparse.Namespace) -> int:
     if args.model and args.model_path and args.model != args.model_path:
         print("error: give the model once, as MODEL or as --model-path", file=sys.stderr)
         return 2
+    if args.replicas < 1:
+        print(f"error: --replicas must be at least 1, got {args.replicas}", file=sys.stderr)
+        return 2
     reference = args.model or args.model_path
     served = list(args.served_model_name or [])
     if reference is None:
@@ -133,6 +142,7 @@ def run_up(args: argparse.Namespace) -> int:
         frontend_port=args.port,
         tp_size=args.tp_size,
         pp_size=args.pp_size,
+        replicas=args.replicas,
         host=args.host,
         scheduler_args=["--dtype", args.dtype, *insecure, *args.scheduler_arg],
         worker_args=[*insecure, *args.worker_arg],
