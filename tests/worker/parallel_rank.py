@@ -20,13 +20,14 @@ def drive(runner: ModelRunner) -> tuple[dict[int, list[int]], list[torch.Tensor]
     """Runs the fixed scenario (batched prefill, chunked prefill, decodes); returns every sequence's
     outputs as this rank knows them, the logits the sampler saw, and the tokens each step returned."""
     captured: list[torch.Tensor] = []
-    original = runner.sampler.sample
+    # The runner samples through sample_with_alternatives (top_logprobs), so the wrap sits there.
+    original = runner.sampler.sample_with_alternatives
 
     def sample(logits, rows):
         captured.append(logits.detach().clone())
         return original(logits, rows)
 
-    runner.sampler.sample = sample
+    runner.sampler.sample_with_alternatives = sample
     planner = StepPlanner(BLOCK_SIZE, NUM_BLOCKS)
     for seq_id, prompt in PROMPTS.items():
         planner.add(seq_id, prompt)
@@ -70,7 +71,10 @@ def run_rank(model_dir: str, tp: int, pp: int, rank: int, init_method: str, resu
             "kv_head_start": runner.model.shard.kv_head_start,
             "layers": (runner.model.shard.layer_start, runner.model.shard.layer_end),
         }
-        results.put((rank, "ok", outputs, captured, responses, info))
+        # numpy arrays are pickled by value; a tensor would travel as shared memory that vanishes
+        # with this process, so the parent could fail to read it once the rank has exited.
+        logits = [t.numpy() for t in captured]
+        results.put((rank, "ok", outputs, logits, responses, info))
         runner.shutdown()
     except BaseException:  # noqa: BLE001 - report any failure to the parent instead of hanging it
         results.put((rank, "error", traceback.format_exc(), None, None, None))

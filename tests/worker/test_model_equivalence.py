@@ -21,13 +21,14 @@ BLOCK_SIZE = 4
 def _capture_logits(runner) -> list[tuple[list[int], torch.Tensor]]:
     """Wraps the sampler so each step's (seq_ids, logits) can be compared; sampling is unchanged."""
     captured: list = []
-    original = runner.sampler.sample
+    # The runner samples through sample_with_alternatives (top_logprobs), so the wrap sits there.
+    original = runner.sampler.sample_with_alternatives
 
     def sample(logits, rows):
         captured.append(logits.detach().clone())
         return original(logits, rows)
 
-    runner.sampler.sample = sample
+    runner.sampler.sample_with_alternatives = sample
     return captured
 
 

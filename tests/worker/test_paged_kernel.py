@@ -115,13 +115,14 @@ def test_kernel_refuses_block_ids_outside_the_cache():
 
 def _run_plans(runner, block_size: int) -> list[torch.Tensor]:
     captured: list[torch.Tensor] = []
-    original = runner.sampler.sample
+    # The runner samples through sample_with_alternatives (top_logprobs), so the wrap sits there.
+    original = runner.sampler.sample_with_alternatives
 
     def sample(logits, rows):
         captured.append(logits.detach().clone())
         return original(logits, rows)
 
-    runner.sampler.sample = sample
+    runner.sampler.sample_with_alternatives = sample
     planner = StepPlanner(block_size, num_blocks=96)
     random.Random(7).shuffle(planner.free_blocks)
     planner.add(1, [5, 17, 99, 3, 42, 8, 120, 9, 31])
