@@ -243,12 +243,21 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _snapshot(up: subprocess.Popen) -> dict[str, float]:
-    """RSS by service, keyed by kind and its lowest listening port (stable across restarts)."""
+def _snapshot(up: subprocess.Popen, grpc_ports: set[int]) -> dict[str, float]:
+    """RSS by service, keyed so a restarted service keeps its key: workers by --worker-name,
+    schedulers and the frontend by their gRPC port (restarts reuse it; other ports may change)."""
     rss = {}
     for pid, kind in _services(up).items():
-        ports = _listen_ports(pid)
-        rss[f"{kind}:{ports[0] if ports else pid}"] = _rss_mb(pid)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--worker-name" in cmdline:
+            key = cmdline[cmdline.index(b"--worker-name") + 1].decode()
+        else:
+            ports = [p for p in _listen_ports(pid) if p in grpc_ports]
+            key = f"{kind}:{ports[0] if ports else pid}"
+        rss[key] = _rss_mb(pid)
     return rss
 
 
@@ -262,7 +271,8 @@ def _run(args, address: str, schedulers: list[str], up, output) -> dict:
         )
         for _ in range(args.concurrency)
     ]
-    rss_start = _snapshot(up) if up else {}
+    grpc_ports = {int(a.rsplit(":", 1)[1]) for a in [address, *schedulers]}
+    rss_start = _snapshot(up, grpc_ports) if up else {}
     for client in clients:
         client.start()
     kills: Counter = Counter()
@@ -284,7 +294,7 @@ def _run(args, address: str, schedulers: list[str], up, output) -> dict:
         client.join(args.deadline_s + 30)
     still_open = sum(client.is_alive() for client in clients)
     blocks = _blocks_after(schedulers, timeout_s=60)
-    rss_end = _snapshot(up) if up else {}
+    rss_end = _snapshot(up, grpc_ports) if up else {}
     counts = tally.counts
     return {
         "minutes": args.minutes,
