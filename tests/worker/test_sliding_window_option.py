@@ -109,3 +109,35 @@ def test_the_option_travels_from_the_scheduler_config_to_the_workers_model(windo
         assert servicer.runner.config.sliding_window == (None if disable else WINDOW)
     finally:
         servicer.close()
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def abort(self, code, details):
+        raise _Aborted(code, details)
+
+
+def test_qwen2_with_use_sliding_window_loads_through_the_servicer_only_when_disabled(tmp_path):
+    import grpc
+    from infermesh.v1 import worker_pb2
+    from infermesh_worker.model_runner import ModelRunner
+    from infermesh_worker.servicer import WorkerServicer
+
+    model_dir = build_random_model(
+        "qwen2", tmp_path / "qwen2", extra_config={"use_sliding_window": True, "sliding_window": 8}, seed=2
+    )
+    servicer = WorkerServicer(ModelRunner(torch.device("cpu"), kv_cache_memory_bytes=1 << 22))
+    try:
+        request = worker_pb2.LoadModelRequest(model_path=str(model_dir), dtype="fp32", block_size=4)
+        with pytest.raises(_Aborted) as err:
+            servicer.LoadModel(request, _Context())
+        assert err.value.args[0] == grpc.StatusCode.INVALID_ARGUMENT
+        assert "disable_sliding_window: true" in err.value.args[1]
+        request.disable_sliding_window = True
+        assert servicer.LoadModel(request, _Context()).max_num_blocks > 0
+        assert servicer.runner.config.sliding_window is None
+    finally:
+        servicer.close()
