@@ -174,3 +174,13 @@ def test_infermesh_command_has_the_config_subcommands(write_file, capsys):
     path = write_file("structured.yaml", SEED_003_STRUCTURED)
     assert main(["config", "translate", "--to", "sglang", str(path)]) == 0
     assert "--tp-size 4 --pp-size 2" in capsys.readouterr().out
+
+
+def test_disable_sliding_window_translates_only_where_it_means_the_same(write_file):
+    keep = write_file("keep.yaml", "model_path: /models/mistral\ndisable_sliding_window: false\n")
+    assert translate_file(keep, "vllm").args == ["--model", "/models/mistral"]
+    assert translate_file(keep, "vllm").unmapped == []
+    # vLLM's --disable-sliding-window also caps max_model_len to the window: not what true does here.
+    full = write_file("full.yaml", "model_path: /models/mistral\ndisable_sliding_window: true\n")
+    assert translate_file(full, "vllm").unmapped == ["disable_sliding_window = true"]
+    assert translate_file(full, "sglang").unmapped == ["disable_sliding_window = true"]

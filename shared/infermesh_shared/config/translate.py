@@ -68,6 +68,9 @@ VLLM: dict[str, Mapper] = {
     "chunked_prefill": _policy({"fixed": ["--enable-chunked-prefill"]}),
     "custom_config": lambda value, values: ["--hf-overrides", value] if value else [],
     "otlp_endpoint": lambda value, values: ["--otlp-traces-endpoint", value] if value else [],
+    # false keeps the window, as vLLM does by default; vLLM's --disable-sliding-window also caps
+    # max_model_len to the window, which ours does not, so true has no equivalent.
+    "disable_sliding_window": lambda value, values: None if value else [],
 }
 
 SGLANG: dict[str, Mapper] = {
