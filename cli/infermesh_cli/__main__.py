@@ -10,6 +10,7 @@ from infermesh_cli.certs_command import add_certs_subcommand
 from infermesh_cli.config_commands import add_config_subcommands
 from infermesh_cli.generate_command import add_generate_subcommand
 from infermesh_cli.make_model_command import add_make_model_subcommand
+from infermesh_cli.migrate_commands import add_migrate_subcommands
 from infermesh_cli.simulate_command import add_simulate_subcommand
 from infermesh_cli.up_command import add_up_subcommand
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_make_model_subcommand(subparsers)
     add_certs_subcommand(subparsers)
     add_simulate_subcommand(subparsers)
+    add_migrate_subcommands(subparsers)
     return parser
 
 

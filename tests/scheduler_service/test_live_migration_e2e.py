@@ -172,6 +172,53 @@ def test_attaching_to_a_request_that_did_not_migrate_here_is_not_found(two_repli
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_drain_moves_every_running_request_and_the_streams_go_on_at_the_destination(two_replicas, capsys):
+    from infermesh_cli.__main__ import main
+
+    model_dir, ((source_scheduler, _, source), (dest_scheduler, _, dest)) = two_replicas
+    _wait_ready(source)
+    prompts = {"d1": PROMPT, "d2": PROMPT[::-1]}
+    queues = {rid: queue.Queue() for rid in prompts}
+    for rid, prompt in prompts.items():
+        request = submit_request(rid, prompt, LONG, ignore_eos=True)
+        threading.Thread(target=_stream, args=(source, request, queues[rid]), daemon=True).start()
+    tokens: dict[str, list[int]] = {rid: [] for rid in prompts}
+    for rid in prompts:
+        while len(tokens[rid]) < 3:
+            tokens[rid].extend(queues[rid].get(timeout=120).token_ids)
+    listed = source.GetLoad(scheduler_pb2.GetLoadRequest(include_requests=True), timeout=10)
+    assert {r.request_id for r in listed.requests if r.running} == set(prompts)
+    code = main(["drain", "--replica", source_scheduler.address, "--to", dest_scheduler.address])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2 of 2 running requests migrated" in out
+    for rid, prompt in prompts.items():
+        moved_to = ""
+        while (item := queues[rid].get(timeout=120)) is not None:
+            assert isinstance(item, scheduler_pb2.SubmitResponse), item
+            tokens[rid].extend(item.token_ids)
+            moved_to = item.migrated_to or moved_to
+        assert moved_to == dest_scheduler.address
+        attach = submit_request(rid, prompt, LONG, ignore_eos=True, attach_migrated=True)
+        for response in dest.Submit(attach, timeout=120):
+            tokens[rid].extend(response.token_ids)
+        assert tokens[rid] == transformers_greedy(model_dir, prompt, LONG)
+    wait_all_blocks_free(source)
+    wait_all_blocks_free(dest)
+    code = main(
+        [
+            "migrate",
+            "--request-id",
+            "gone",
+            "--replica",
+            source_scheduler.address,
+            "--to",
+            dest_scheduler.address,
+        ]
+    )
+    assert code == 1 and "not live" in capsys.readouterr().err
+
+
 def test_a_dead_destination_worker_fails_the_copy_and_the_request_finishes_on_the_source(two_replicas):
     # Last in the module: it kills the destination's worker.
     model_dir, ((_, _, source), (dest_scheduler, dest_worker, dest)) = two_replicas

@@ -80,6 +80,9 @@ class EngineLoop:
         self._scheduler: Scheduler | None = None
         self._streams: dict[str, RequestStream] = {}
         self.draining = False
+        # Streams of migrated-in requests nobody attached to yet; kept after the request ends
+        # here too, so a request that finishes before its frontend attaches loses no token.
+        self._unattached: dict[str, RequestStream] = {}
         self._wake = asyncio.Event()
         self._scheduler_ready = asyncio.Event()
         # Replaced after each set so that every waiter of the old one wakes exactly once.
@@ -208,22 +211,20 @@ class EngineLoop:
     def adopt(self, migrated: migration.MigratedRequest, blocks: list[int]) -> None:
         """Admits a migrated request as running; its outputs wait for the attaching Submit."""
         rid = migrated.spec.request_id
+        if self.draining:
+            raise migration.MigrationRefused("this replica is draining: it takes no new requests")
         if rid in self._streams or self._scheduler is None:
             raise migration.MigrationRefused(f"request_id {rid!r} is already live here (or no workers yet)")
         stream = RequestStream(rid)
-        stream.awaiting_attach = True
         migration.adopt_in(self._scheduler, migrated, blocks)
         self._streams[rid] = stream
+        self._unattached[rid] = stream
         self._wake.set()
         self._on_load_change()
 
     def attach(self, request_id: str) -> RequestStream | None:
         """The stream of an adopted request nobody streams yet (None when there is none)."""
-        stream = self._streams.get(request_id)
-        if stream is None or not stream.awaiting_attach:
-            return None
-        stream.awaiting_attach = False
-        return stream
+        return self._unattached.pop(request_id, None)
 
     def hand_over(self, request_id: str, address: str) -> None:
         """The request left for `address`: forget it here and end its stream with that address."""

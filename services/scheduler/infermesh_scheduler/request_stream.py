@@ -28,15 +28,12 @@ class StreamMoved:
 class RequestStream:
     """Outputs of one live request, in order; closed by its last output or an error."""
 
-    __slots__ = ("request_id", "closed", "awaiting_attach", "_queue")
+    __slots__ = ("request_id", "closed", "_queue")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         # True once the final item was queued: the engine no longer knows the request.
         self.closed = False
-        # A request adopted by live migration: its outputs queue here until the frontend's
-        # attach_migrated Submit takes the stream.
-        self.awaiting_attach = False
         self._queue: asyncio.Queue[RequestOutput | StreamError | StreamMoved] = asyncio.Queue()
 
     def push(self, output: RequestOutput) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
+from infermesh_scheduler.core import migration
 from infermesh_scheduler.core.errors import InvalidRequestError
 from infermesh_scheduler.core.migration import MigrationRefused
 from infermesh_scheduler.core.request_check import RequestLimits, check_request
@@ -139,7 +140,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.GetLoadResponse:
         scheduler = self._engine.scheduler
-        return load_response(scheduler.load() if scheduler is not None else None, self._health.serving())
+        response = load_response(scheduler.load() if scheduler is not None else None, self._health.serving())
+        if request.include_requests and scheduler is not None:
+            for item in migration.request_loads(scheduler):
+                response.requests.add(
+                    request_id=item.request_id,
+                    arrival=item.arrival,
+                    num_tokens=item.num_tokens,
+                    num_blocks=item.num_blocks,
+                    running=item.running,
+                )
+        return response
 
     async def GetModelInfo(
         self, request: scheduler_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext

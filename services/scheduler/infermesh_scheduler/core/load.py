@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass(slots=True, frozen=True)
+class RequestLoad:
+    """One live request as a migration candidate (scheduler.proto RequestLoad)."""
+
+    request_id: str
+    arrival: int
+    num_tokens: int
+    num_blocks: int
+    running: bool
+
+
 @dataclass(slots=True)
 class LoadSnapshot:
     num_waiting: int

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from infermesh_scheduler.core.errors import InvalidRequestError
+from infermesh_scheduler.core.load import RequestLoad
 from infermesh_scheduler.core.request import RequestSpec
 from infermesh_scheduler.core.sequence import SeqStatus, Sequence
 
@@ -46,6 +47,23 @@ class MigratedRequest:
 
     spec: RequestSpec
     num_computed_tokens: int
+
+
+def request_loads(sched: Scheduler) -> list[RequestLoad]:
+    """Every live request with what choosing migrations needs, in admission order."""
+    loads = []
+    for req in sched._requests.values():
+        live = [s for s in req.sequences if s.status is not SeqStatus.FINISHED]
+        loads.append(
+            RequestLoad(
+                request_id=req.spec.request_id,
+                arrival=req.arrival_seq,
+                num_tokens=sum(s.num_tokens for s in live),
+                num_blocks=sum(len(s.block_ids) for s in live),
+                running=bool(live) and all(s.status is SeqStatus.RUNNING for s in live),
+            )
+        )
+    return sorted(loads, key=lambda r: r.arrival)
 
 
 def _sequence(sched: Scheduler, request_id: str) -> Sequence:
