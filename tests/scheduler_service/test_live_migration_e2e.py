@@ -15,6 +15,7 @@ import urllib.request
 import grpc
 import pytest
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
+from infermesh_cli.local_cluster import wait_serving
 
 from tests.free_port import free_port
 from tests.model_factory import build_random_model, transformers_greedy
@@ -49,6 +50,7 @@ def _replica(model_dir):
     )
     scheduler.metrics_port = metrics_port
     worker = start_real_worker(scheduler.address, "w")
+    wait_serving(scheduler.address, 120)  # its worker group formed: requests are accepted
     channel = grpc.insecure_channel(scheduler.address)
     stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
     return scheduler, worker, stub
