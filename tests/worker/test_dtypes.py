@@ -34,5 +34,6 @@ def test_names_and_refusal():
 
 def test_runner_loads_auto_as_this_machines_choice(model_dirs):
     runner = make_runner(model_dirs["llama"], dtype="auto")
-    assert runner.kv_cache.device_cache.dtype == dtypes.auto_dtype(torch.device("cpu"))
+    stored = dtypes.checkpoint_torch_dtype(str(model_dirs["llama"]))
+    assert runner.kv_cache.device_cache.dtype == dtypes.auto_dtype(torch.device("cpu"), stored)
     assert runner.model.dtype == runner.kv_cache.device_cache.dtype
