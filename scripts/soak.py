@@ -139,22 +139,26 @@ def _client(
             data = frontend_pb2.GenerateInput(
                 text=rng.choice(_PROMPTS) + f" {rng.random():.6f}", sampling=sampling
             )
-            cancel_after = rng.uniform(0.0, 2.0) if rng.random() < args.cancel_fraction else None
+            # Within the first half second: most requests last longer, so most cancels land mid-request.
+            cancel_after = rng.uniform(0.0, 0.5) if rng.random() < args.cancel_fraction else None
             tally.add("sent")
+            if cancel_after is not None:
+                tally.add("cancel_requested")
             if rng.random() < 0.5:
                 call = stub.GenerateStream(
                     frontend_pb2.GenerateStreamRequest(input=data), timeout=args.deadline_s
                 )
-                _stream(call, args, cancel_after, tally)
+                outcome = _stream(call, args, cancel_after, tally)
             else:
                 future = stub.Generate.future(
                     frontend_pb2.GenerateRequest(input=data), timeout=args.deadline_s
                 )
-                _unary(future, args, cancel_after, tally)
-            time.sleep(0.01)  # keeps a client whose every call fails at once (frontend down) from spinning
+                outcome = _unary(future, args, cancel_after, tally)
+            # Back off after UNAVAILABLE as a client would (the frontend restarting), else a short pause.
+            time.sleep(0.2 if outcome == "UNAVAILABLE" else 0.01)
 
 
-def _classify_error(err: grpc.RpcError, cancelled: bool, tally: _Tally) -> None:
+def _classify_error(err: grpc.RpcError, cancelled: bool, tally: _Tally) -> str:
     code = err.code()
     if code == grpc.StatusCode.CANCELLED and cancelled:
         tally.add("cancelled")
@@ -162,9 +166,10 @@ def _classify_error(err: grpc.RpcError, cancelled: bool, tally: _Tally) -> None:
         tally.add("hung")  # the cluster kept it open past its deadline
     else:
         tally.add("clear_status", code.name)
+    return code.name
 
 
-def _stream(call, args: argparse.Namespace, cancel_after: float | None, tally: _Tally) -> None:
+def _stream(call, args: argparse.Namespace, cancel_after: float | None, tally: _Tally) -> str:
     timer = threading.Timer(cancel_after, call.cancel) if cancel_after is not None else None
     if timer:
         timer.start()
@@ -179,14 +184,15 @@ def _stream(call, args: argparse.Namespace, cancel_after: float | None, tally: _
             tally.add("completed_exact")
         else:
             tally.add("completed_wrong_count")
+        return "OK"
     except grpc.RpcError as err:
-        _classify_error(err, cancel_after is not None, tally)
+        return _classify_error(err, cancel_after is not None, tally)
     finally:
         if timer:
             timer.cancel()
 
 
-def _unary(future, args: argparse.Namespace, cancel_after: float | None, tally: _Tally) -> None:
+def _unary(future, args: argparse.Namespace, cancel_after: float | None, tally: _Tally) -> str:
     timer = threading.Timer(cancel_after, future.cancel) if cancel_after is not None else None
     if timer:
         timer.start()
@@ -194,10 +200,12 @@ def _unary(future, args: argparse.Namespace, cancel_after: float | None, tally: 
         response = future.result()
         tokens = sum(len(c.token_ids) for c in response.completions)
         tally.add("completed_exact" if tokens == args.max_tokens else "completed_wrong_count")
+        return "OK"
     except grpc.FutureCancelledError:
         tally.add("cancelled")
+        return "CANCELLED"
     except grpc.RpcError as err:
-        _classify_error(err, cancel_after is not None, tally)
+        return _classify_error(err, cancel_after is not None, tally)
     finally:
         if timer:
             timer.cancel()
@@ -302,6 +310,7 @@ def _run(args, address: str, schedulers: list[str], up, output) -> dict:
         "sent": counts["sent"],
         "completed_exact": counts["completed_exact"],
         "completed_wrong_count": counts["completed_wrong_count"],
+        "cancel_requested": counts["cancel_requested"],
         "cancelled": counts["cancelled"],
         "by_status": dict(tally.by_status),
         "lost": counts["lost"],
