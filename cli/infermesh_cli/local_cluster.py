@@ -396,7 +396,8 @@ class LocalCluster:
             service.stop()
 
     def __enter__(self) -> LocalCluster:
-        return self.start()
+        # `with LocalCluster(spec).start() as c:` must not start a second cluster beside the first.
+        return self if self.schedulers else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -114,7 +114,7 @@ def run_comparison(work: Path) -> tuple[dict[str, tuple[float, float]], float]:
         worker_args=["--num-threads", "1"],
     )
     dataset, trace = _write_workload(work)
-    with LocalCluster(spec).start() as cluster:
+    with LocalCluster(spec) as cluster:
         # Half the profile before the benchmark and half after: the machine is shared, and its
         # speed drifts; both halves together see what the benchmark saw.
         halves = [_profile(cluster.frontend_address, work / "profile-before.json")]
