@@ -176,15 +176,13 @@ def test_simulation_matches_a_real_one_replica_run(tmp_path):
     print(f"\nmeasurement noise {noise:.1%}\nmetric measured simulated error")
     for metric, (real, sim) in table.items():
         print(f"{metric} {real:.2f} {sim:.2f} {(sim - real) / real:+.1%}")
+    # The machine's own noise (the same step measured twice) widens every bound: on shared cores no
+    # model can beat it, but the comparison always runs and can still fail.
     off = {
         m: (sim - real) / real
         for m, (real, sim) in table.items()
-        if abs(sim - real) > TOLERANCES.get(m, TOLERANCE) * real
+        if abs(sim - real) > (TOLERANCES.get(m, TOLERANCE) + noise) * real
     }
-    if off and noise > TOLERANCE:
-        # The same step measured twice differs by more than the tolerance: the cores are shared
-        # with other work, and no model can be held to 15% of a run the machine cannot repeat.
-        pytest.skip(f"off by {off} on a machine whose repeated steps differ by {noise:.0%}")
     assert not off, f"simulation off by more than its bound ({TOLERANCE:.0%}; {TOLERANCES}): {off} ({table})"
 
 
