@@ -40,6 +40,9 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     # KV blocks arrive from the same rank of another group (live migration).
     "/infermesh.v1.WorkerService/ReceiveKVBlocks": frozenset({WORKER}),
     "/infermesh.v1.WorkerService/": frozenset({SCHEDULER}),
+    # infermesh-rescheduler's operator RPCs (drain, migrate): an operator holding the rescheduler
+    # certificate. (A frontend serves them on its client port, behind its API keys.)
+    "/infermesh.v1.ReschedulerService/": frozenset({RESCHEDULER}),
     "/grpc.health.v1.Health/": ANY_ROLE,
     "/grpc.reflection.v1alpha.ServerReflection/": ANY_ROLE,
     "/grpc.reflection.v1.ServerReflection/": ANY_ROLE,

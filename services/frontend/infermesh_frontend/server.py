@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 
 import grpc
-from infermesh.v1 import frontend_pb2, frontend_pb2_grpc
+from infermesh.v1 import frontend_pb2, frontend_pb2_grpc, rescheduler_pb2_grpc
 from infermesh_shared.config import FrontendConfig
 from infermesh_shared.discovery import make_discovery
 from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
@@ -31,6 +31,9 @@ from infermesh_frontend.openai_http.served_models import ServedModels
 from infermesh_frontend.request_bounds import RequestBounds
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_runner import RequestRunner
+from infermesh_frontend.rescheduling.lease import make_lease
+from infermesh_frontend.rescheduling.operator_service import ReschedulerServicer
+from infermesh_frontend.rescheduling.rescheduler import Rescheduler, ReschedulerMetrics
 from infermesh_frontend.routing.routing_metrics import RoutingMetrics
 from infermesh_frontend.scheduler_pool import SchedulerPool
 from infermesh_frontend.servicer import FrontendServicer
@@ -103,6 +106,18 @@ class FrontendServer:
         frontend_pb2_grpc.add_FrontendServiceServicer_to_server(
             FrontendServicer(self.runner, self.api_keys), self.server
         )
+        # The operator's drain and migrate, behind the same API keys as the client calls.
+        rescheduler_pb2_grpc.add_ReschedulerServiceServicer_to_server(
+            ReschedulerServicer(self.replica_stubs, cfg.rescheduling_config), self.server
+        )
+        self.rescheduler: Rescheduler | None = None
+        if cfg.enable_rescheduling and cfg.colocated_rescheduling_mode:
+            self.rescheduler = Rescheduler(
+                cfg.rescheduling_config,
+                self.replica_stubs,
+                make_lease(cfg.rescheduling_config),
+                ReschedulerMetrics(self.registry),
+            )
         self.http_server: OpenAIHttpServer | None = None
         if cfg.http_port:
             ssl_context = self.tls.server_ssl_context() if cfg.client_tls else None
@@ -144,7 +159,13 @@ class FrontendServer:
             self.metrics_server = start_metrics_server(self.cfg.metrics_port, self.registry, self.cfg.host)
             logger.info("metrics at %s", self.metrics_server.url)
         self._health_task = asyncio.get_running_loop().create_task(self._check_schedulers())
+        if self.rescheduler is not None:
+            await self.rescheduler.start()
         return self.port
+
+    def replica_stubs(self) -> dict[str, object]:
+        """The scheduler stubs of every replica the pool knows (the rescheduler's view)."""
+        return {replica.address: replica.stub for replica in self.pool.replicas}
 
     async def _check_schedulers(self) -> None:
         """Keeps the health status in step with whether any scheduler answers GetModelInfo."""
@@ -183,7 +204,13 @@ class FrontendServer:
         await self._stop_health_loop()
         set_serving(self.health, [SERVICE_NAME], False)
         self._serving = False
+        await self._stop_rescheduler()  # gives its lease back: a standby takes over at once
         await self.runner.drain.drain(timeout_s)
+
+    async def _stop_rescheduler(self) -> None:
+        if self.rescheduler is not None:
+            await self.rescheduler.stop()
+            self.rescheduler = None
 
     async def _stop_health_loop(self) -> None:
         if self._health_task is not None:
@@ -197,6 +224,7 @@ class FrontendServer:
     async def stop(self, grace_s: float = 1.0) -> None:
         """Stops serving, cancels the health loop, closes the scheduler channels."""
         await self._stop_health_loop()
+        await self._stop_rescheduler()
         if self.http_server is not None:
             await self.http_server.stop()
         await self.server.stop(grace_s)

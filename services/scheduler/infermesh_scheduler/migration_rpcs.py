@@ -73,6 +73,8 @@ class MigrationService:
         self._incoming: dict[str, _Reservation] = {}
         # The Submit of each live request here, as it arrived: what an AdoptMigration carries.
         self.submits: dict[str, scheduler_pb2.SubmitRequest] = {}
+        # Migrations running out of here; kept so a migration outlives its caller (below).
+        self._outgoing: set[asyncio.Task] = set()
 
     # ----- destination side ---------------------------------------------------------------
     def _expire_reservations(self) -> None:
@@ -132,6 +134,14 @@ class MigrationService:
 
     # ----- source side --------------------------------------------------------------------
     async def migrate(self, request_id: str, destination: str) -> scheduler_pb2.MigrateResponse:
+        """Runs the migration to its end even when the caller goes away (its deadline passed, the
+        rescheduler lost its lease): cancelled half way it would leave the request held here."""
+        task = asyncio.get_running_loop().create_task(self._migrate_counted(request_id, destination))
+        self._outgoing.add(task)
+        task.add_done_callback(self._outgoing.discard)
+        return await asyncio.shield(task)
+
+    async def _migrate_counted(self, request_id: str, destination: str) -> scheduler_pb2.MigrateResponse:
         response, label = await self._migrate(request_id, destination)
         if self._telemetry is not None:
             outcome = "migrated" if response.migrated else "failed"

@@ -141,6 +141,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.GetLoadResponse:
         scheduler = self._engine.scheduler
         response = load_response(scheduler.load() if scheduler is not None else None, self._health.serving())
+        response.draining = self._engine.draining
         if request.include_requests and scheduler is not None:
             for item in migration.request_loads(scheduler):
                 response.requests.add(

@@ -9,6 +9,7 @@ from .schema import SERVICES, load_schema
 from .typed import (
     CONFIG_CLASSES,
     FrontendConfig,
+    ReschedulerConfig,
     SchedulerConfig,
     WorkerConfig,
     build_config,
@@ -20,6 +21,7 @@ __all__ = [
     "SERVICES",
     "ConfigError",
     "FrontendConfig",
+    "ReschedulerConfig",
     "SchedulerConfig",
     "WorkerConfig",
     "build_config",

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-SERVICES = ("scheduler", "worker", "frontend")
+SERVICES = ("scheduler", "worker", "frontend", "rescheduler")
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
 
@@ -21,7 +21,28 @@ def schema_path(service: str) -> Path:
 
 @functools.cache
 def _load(service: str) -> dict[str, Any]:
-    return json.loads(schema_path(service).read_text())
+    schema = json.loads(schema_path(service).read_text())
+    overrides = schema.pop("x-default-overrides", {})
+    for fragment in schema.pop("x-include", []):
+        _merge_fragment(schema, fragment, overrides)
+    if overrides:
+        raise RuntimeError(
+            f"{service}: x-default-overrides names options no fragment has: {sorted(overrides)}"
+        )
+    return schema
+
+
+def _merge_fragment(schema: dict[str, Any], name: str, overrides: dict[str, Any]) -> None:
+    """Adds the options of schemas/<name>.fragment.json (options two services share, written once)
+    after the service's own; `x-default-overrides` in the service schema re-defaults some of them."""
+    fragment = json.loads((SCHEMA_DIR / f"{name}.fragment.json").read_text())
+    for key, prop in fragment["properties"].items():
+        if key in schema["properties"]:
+            raise RuntimeError(f"{key} is both in {name}.fragment.json and a service schema")
+        prop = copy.deepcopy(prop)
+        if key in overrides:
+            prop["default"] = overrides.pop(key)
+        schema["properties"][key] = prop
 
 
 def load_schema(service: str) -> dict[str, Any]:

@@ -154,10 +154,12 @@ def service_class(service: str, schema: dict[str, Any]) -> type:
 SchedulerConfig = service_class("scheduler", load_schema("scheduler"))
 WorkerConfig = service_class("worker", load_schema("worker"))
 FrontendConfig = service_class("frontend", load_schema("frontend"))
+ReschedulerConfig = service_class("rescheduler", load_schema("rescheduler"))
 CONFIG_CLASSES: dict[str, type] = {
     "scheduler": SchedulerConfig,
     "worker": WorkerConfig,
     "frontend": FrontendConfig,
+    "rescheduler": ReschedulerConfig,
 }
 assert set(CONFIG_CLASSES) == set(SERVICES)
 # The section classes by name too (SchedulerMemoryConfig, FrontendRoutingConfig, ...), so a
@@ -166,7 +168,7 @@ for _service_cls in CONFIG_CLASSES.values():
     for _section_cls in _service_cls.section_classes.values():
         globals()[_section_cls.__name__] = _section_cls
 
-ServiceConfig = Any  # one of the three classes above; their fields are generated
+ServiceConfig = Any  # one of the four classes above; their fields are generated
 
 
 def unknown_option_errors(service: str, names: Iterable[str]) -> list[str]:

@@ -252,6 +252,85 @@ def _tokenizer_directory(values: dict[str, Any], out: Validated) -> list[str]:
     return []
 
 
+# Policies that act on prefill/decode replica roles (binpacking also on a TPOT SLO): none exist yet.
+PD_ROLE_POLICIES = (
+    "prefill_failover",
+    "decode_failover",
+    "binpacking_mitigation",
+    "binpacking_consolidation",
+)
+_PD_ROLES_MISSING = (
+    "infermesh replicas have no prefill/decode roles yet (issue 15, PD disaggregation), so they would "
+    "act on nothing"
+)
+
+
+def select_value_errors(rule: str, value: float) -> list[str]:
+    """rescheduling_req_select_value must be a bound the rule can use (config and rescheduler ask)."""
+    if value <= 0:
+        return [f"rescheduling_req_select_value must be positive, got {value}"]
+    if rule == "RATIO" and value > 1:
+        return [
+            "rescheduling_req_select_value is a fraction of the KV cache with RATIO "
+            f"(0 < value <= 1), got {value}"
+        ]
+    if rule == "NUM_REQ" and value != int(value):
+        return [f"rescheduling_req_select_value counts requests with NUM_REQ: a whole number, got {value}"]
+    return []
+
+
+def _rescheduling_policies(values: dict[str, Any], out: Validated) -> list[str]:
+    if not values["enable_rescheduling"]:
+        return []
+    errors = []
+    needing_roles = [p for p in values["rescheduling_policies"] if p in PD_ROLE_POLICIES]
+    if needing_roles:
+        usable = [p for p in values["rescheduling_policies"] if p not in PD_ROLE_POLICIES]
+        suggestion = ",".join(usable or ["decode_load", "neutral_failover"])
+        errors.append(
+            f"rescheduling_policies {', '.join(needing_roles)}: {_PD_ROLES_MISSING}; "
+            f"set --rescheduling-policies {suggestion}"
+        )
+    if not values["rescheduling_policies"]:
+        errors.append(
+            "rescheduling_policies is empty: name at least one policy, or set enable_rescheduling false"
+        )
+    if values["rescheduling_load_balance_scope"] == "unit":
+        errors.append(
+            "rescheduling_load_balance_scope = 'unit' balances within a PD unit; infermesh replicas "
+            "belong to no unit yet (issue 15): use 'cluster'"
+        )
+    errors += select_value_errors(
+        values["rescheduling_req_select_rule"], values["rescheduling_req_select_value"]
+    )
+    return errors
+
+
+def _colocated_rescheduler(values: dict[str, Any], out: Validated) -> list[str]:
+    if values["standalone_rescheduling_mode"]:
+        return [
+            "standalone_rescheduling_mode is infermesh-rescheduler's mode: run that process with the "
+            "rescheduling options, or set colocated_rescheduling_mode to run it in this frontend"
+        ]
+    if values["enable_rescheduling"] and not values["colocated_rescheduling_mode"]:
+        return [
+            "enable_rescheduling needs a mode: set colocated_rescheduling_mode to run the rescheduler "
+            "in this frontend, or run infermesh-rescheduler (standalone) instead"
+        ]
+    return []
+
+
+def _standalone_rescheduler(values: dict[str, Any], out: Validated) -> list[str]:
+    if values["colocated_rescheduling_mode"] or not values["standalone_rescheduling_mode"]:
+        return [
+            "infermesh-rescheduler is the standalone rescheduler: standalone_rescheduling_mode must be "
+            "true and colocated_rescheduling_mode false (the colocated one runs in a frontend)"
+        ]
+    if not values["enable_rescheduling"]:
+        return ["enable_rescheduling is false: infermesh-rescheduler would have nothing to do"]
+    return []
+
+
 CROSS_FIELD_RULES: dict[str, list[Rule]] = {
     "scheduler": [
         _workers_cover_parallelism,
@@ -262,7 +341,15 @@ CROSS_FIELD_RULES: dict[str, list[Rule]] = {
         _prefix_cache_capacity,
     ],
     "worker": [],
-    "frontend": [_tokenizer_directory, _discovery_source, _own_http_port, _client_tls_certificate],
+    "frontend": [
+        _tokenizer_directory,
+        _discovery_source,
+        _own_http_port,
+        _client_tls_certificate,
+        _colocated_rescheduler,
+        _rescheduling_policies,
+    ],
+    "rescheduler": [_discovery_source, _standalone_rescheduler, _rescheduling_policies],
 }
 
 

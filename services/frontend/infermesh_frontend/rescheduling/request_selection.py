@@ -24,6 +24,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from infermesh_shared.config.validate import select_value_errors
+
 
 class SelectOrder(enum.StrEnum):
     LCR = "LCR"
@@ -78,17 +80,8 @@ def order_candidates(candidates: Sequence[Candidate], order: SelectOrder) -> lis
 
 
 def check_select_value(rule: SelectRule, value: float) -> str:
-    """Why `value` cannot bound `rule`; "" when it can."""
-    if value <= 0:
-        return f"rescheduling_req_select_value must be positive, got {value}"
-    if rule is SelectRule.RATIO and value > 1:
-        return (
-            "rescheduling_req_select_value is a fraction of the KV cache with RATIO "
-            f"(0 < value <= 1), got {value}"
-        )
-    if rule is SelectRule.NUM_REQ and value != int(value):
-        return f"rescheduling_req_select_value counts requests with NUM_REQ: a whole number, got {value}"
-    return ""
+    """Why `value` cannot bound `rule`; "" when it can (the config's own rule)."""
+    return "; ".join(select_value_errors(rule.value, value))
 
 
 def select_requests(
