@@ -74,6 +74,15 @@ def add_up_subcommand(subparsers: argparse._SubParsersAction) -> None:
         "--frontend-arg", action="append", default=[], metavar="ARG", help="extra frontend flag, repeatable"
     )
     parser.add_argument(
+        "--rescheduler-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a rescheduling option of seed 001 for the frontend's colocated rescheduler, repeatable, "
+        "e.g. --rescheduler-arg enable_rescheduling=true --rescheduler-arg "
+        "rescheduling_policies=decode_load,neutral_failover (enable_rescheduling=true starts it)",
+    )
+    parser.add_argument(
         "--insecure-plaintext",
         action="store_true",
         help="INSECURE: run the internal hops without mutual TLS (default: a throw-away CA and "
@@ -129,7 +138,13 @@ def run_up(args: argparse.Namespace) -> int:
             return 2
         if not served:
             served = [reference]  # as vLLM: the model is served under the name it was given by
-    frontend_args = list(args.frontend_arg)
+    from infermesh_cli.rescheduler_args import rescheduler_flags
+
+    try:
+        frontend_args = [*rescheduler_flags(args.rescheduler_arg), *args.frontend_arg]
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.http_port:
         frontend_args += ["--http-port", str(args.http_port)]
     if served:

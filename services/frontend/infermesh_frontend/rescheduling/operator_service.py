@@ -3,7 +3,8 @@ infermesh-rescheduler instead of to a scheduler directly.
 
 Only replicas the caller's discovery knows may be named (a request cannot make this process call
 an arbitrary address); one drain per replica at a time; each Migrate is bounded by
-llumlet_grpc_timeout_seconds and a drain migrates one request at a time.
+llumlet_grpc_timeout_seconds and a drain runs at most rescheduling_max_migrations_per_replica
+migrations at once.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class ReschedulerServicer(rescheduler_pb2_grpc.ReschedulerServiceServicer):
         self._stubs = stubs
         self._timeout_s = float(options.llumlet_grpc_timeout_seconds)
         self._neutral = LoadMetric(options.rescheduling_neutral_load_metric)
+        # A drain runs this many migrations at once (the rescheduler's per-replica bound).
+        self._parallel = options.rescheduling_max_migrations_per_replica
         self._draining: set[str] = set()
 
     async def _known(self, address: str, what: str, context) -> object:
@@ -83,10 +86,15 @@ class ReschedulerServicer(rescheduler_pb2_grpc.ReschedulerServiceServicer):
             num_running=len(running), num_not_running=len(load.requests) - len(running)
         )
         cycle = itertools.cycle(destinations)
-        for item in running:
-            outcome = await migrate(stub, item.request_id, next(cycle), self._timeout_s)
-            response.outcomes.append(outcome)
-            response.num_migrated += outcome.migrated
+        slots = asyncio.Semaphore(self._parallel)
+
+        async def move(request_id: str, destination: str):
+            async with slots:
+                return await migrate(stub, request_id, destination, self._timeout_s)
+
+        outcomes = await asyncio.gather(*(move(item.request_id, next(cycle)) for item in running))
+        response.outcomes.extend(outcomes)
+        response.num_migrated = sum(outcome.migrated for outcome in outcomes)
         return response
 
     async def _least_loaded(self, exclude: str) -> list[str]:
