@@ -51,14 +51,38 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy:
     raise AssertionError(f"unhandled field type {kind}")
 
 
-def _value(field: FieldDescriptor, depth: int) -> st.SearchStrategy:
+# Per field, by full name ("pkg.Message.field"): a strategy that replaces the generic one (a test
+# bounds what would make the fuzz spend minutes, e.g. tokens to generate, keeping out-of-range values
+# in), or, under the name prefixed with "+", one drawn half of the time beside the generic one (valid
+# values, so that more requests get past validation into the deeper paths).
+Overrides = dict[str, st.SearchStrategy]
+
+
+def _override(field: FieldDescriptor, overrides: Overrides, generic) -> st.SearchStrategy:
+    if field.full_name in overrides:
+        return overrides[field.full_name]
+    if "+" + field.full_name in overrides:
+        return st.one_of(overrides["+" + field.full_name], generic())
+    return generic()
+
+
+def _value(field: FieldDescriptor, depth: int, overrides: Overrides) -> st.SearchStrategy:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return messages(field.message_type, depth + 1)
+        return messages(field.message_type, depth + 1, overrides)
     return _scalar(field)
 
 
-def _repeated(field: FieldDescriptor, depth: int) -> st.SearchStrategy[list]:
-    item = _value(field, depth)
+def _map(field: FieldDescriptor, overrides: Overrides) -> st.SearchStrategy[dict]:
+    entry = field.message_type
+    key = _value(entry.fields_by_name["key"], 0, overrides)
+    value = _value(entry.fields_by_name["value"], 0, overrides)
+    return st.one_of(
+        st.dictionaries(key, value, max_size=8), st.dictionaries(key, value, min_size=300, max_size=300)
+    )
+
+
+def _repeated(field: FieldDescriptor, depth: int, overrides: Overrides) -> st.SearchStrategy[list]:
+    item = _value(field, depth, overrides)
     small = st.lists(item, max_size=8)
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return small
@@ -68,16 +92,23 @@ def _repeated(field: FieldDescriptor, depth: int) -> st.SearchStrategy[list]:
     return st.one_of(small, item.map(lambda v: [v] * _HUGE))
 
 
-def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[dict]:
+def messages(
+    descriptor: Descriptor, depth: int = 0, overrides: Overrides | None = None
+) -> st.SearchStrategy[dict]:
     """Field values for `descriptor` as a dict (build with `build(cls, values)`); each field is set or
-    not, one member of each oneof at most."""
+    not, one member of each oneof at most. `overrides` replaces the strategy of the fields it names."""
+    overrides = overrides or {}
     if depth > 3:
         return st.just({})
     parts = {}
     for field in descriptor.fields:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            continue  # no map fields in our contracts' requests
-        strategy = _repeated(field, depth) if field.is_repeated else _value(field, depth)
+            generic = lambda f=field: _map(f, overrides)  # noqa: E731
+        elif field.is_repeated:
+            generic = lambda f=field: _repeated(f, depth, overrides)  # noqa: E731
+        else:
+            generic = lambda f=field: _value(f, depth, overrides)  # noqa: E731
+        strategy = _override(field, overrides, generic)
         parts[field.name] = st.one_of(st.none(), strategy)
     return st.fixed_dictionaries(parts).map(lambda d: _one_per_oneof(descriptor, d))
 
@@ -96,7 +127,9 @@ def build(cls, values: dict):
     message = cls()
     for name, value in values.items():
         field = cls.DESCRIPTOR.fields_by_name[name]
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            getattr(message, name).update(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
             sub = field.message_type._concrete_class
             if field.is_repeated:
                 getattr(message, name).extend(build(sub, v) for v in value)
