@@ -26,6 +26,9 @@ from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_channel
 
 log = logging.getLogger(__name__)
 
+# After a service's own drain_timeout_s: time to close its channels and flush telemetry before it
+# is killed.
+STOP_MARGIN_S = 10.0
 _ERROR_LINE = re.compile(r"\b(Error|ERROR|error:|refusing to serve|Traceback)")
 _LISTENING = re.compile(r"(\w+) listening on (\S+:\d+)")
 
@@ -42,6 +45,8 @@ class ServiceProcess:
     args: list[str]
     env: dict[str, str] | None = None
     log_path: Path | None = None
+    # SIGTERM to SIGKILL: the service's drain_timeout_s plus STOP_MARGIN_S (see stop_grace_s).
+    stop_timeout_s: float = 10.0
     process: subprocess.Popen | None = None
     address: str | None = None
     _tail: deque = field(default_factory=lambda: deque(maxlen=200))
@@ -121,13 +126,13 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout_s`."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s` (default: its stop_timeout_s, room for its drain)."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout_s)
+            self.process.wait(self.stop_timeout_s if timeout_s is None else timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
@@ -166,6 +171,21 @@ def wait_serving(
                 last = f"{err.code().name}: {err.details()}"
             time.sleep(0.1)
     raise ServiceStartError(f"{address} not SERVING after {timeout_s:.0f}s (last: {last})")
+
+
+def stop_grace_s(service: str, args: list[str]) -> float:
+    """How long `service` started with flags `args` may take from SIGTERM to exit: the drain_timeout_s
+    of the config it resolves from those flags (file and flags, as its own main() does) plus
+    STOP_MARGIN_S. A config it will refuse anyway gets the schema default."""
+    from infermesh_shared.config import ConfigError
+    from infermesh_shared.config.loader import resolve_config
+    from infermesh_shared.config.schema import defaults, load_schema
+
+    try:
+        drain_s = resolve_config(service, args).drain_timeout_s
+    except ConfigError:
+        drain_s = defaults(load_schema(service))["drain_timeout_s"]
+    return float(drain_s) + STOP_MARGIN_S
 
 
 @dataclass
@@ -386,14 +406,21 @@ class LocalCluster:
             args=[sys.executable, "-m", module, *args],
             env=self.spec.env,
             log_path=self._log_path(log_name or name),
+            stop_timeout_s=stop_grace_s(name, args),
         )
         service.start()
         return service
 
     def stop(self) -> None:
-        """Frontends first (no new work), then workers, then the schedulers."""
+        """Frontends first (they drain while the services behind them still run), then workers, then
+        the schedulers; each gets its drain_timeout_s plus a margin before it is killed."""
         for service in [*self.frontends, *self.workers, *self.schedulers]:
             service.stop()
+
+    def kill(self) -> None:
+        """SIGKILL to every service at once (a second Ctrl-C)."""
+        for service in [*self.frontends, *self.workers, *self.schedulers]:
+            service.kill()
 
     def __enter__(self) -> LocalCluster:
         # `with LocalCluster(spec).start() as c:` must not start a second cluster beside the first.

@@ -181,6 +181,7 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         cluster.start()
     except _Interrupted:
+        cluster.kill()  # a second Ctrl-C cut start()'s own orderly stop short
         print("stopped during start-up", flush=True)
         return 130
     except ServiceStartError as err:
@@ -189,31 +190,47 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"(service logs: {log_dir})", file=sys.stderr, flush=True)
         return 1
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: _first_stops_second_forces(stop))
     print(f"frontend listening on {cluster.frontend_address}", flush=True)
     http = _http_address(cluster)
     if http:
         print(f"OpenAI-compatible HTTP API on http://{http}/v1", flush=True)
     supervisor = Supervisor(cluster, args.max_restarts, args.restart_window_s)
+    status = 0
     try:
         while not stop.wait(0.5):
             reason = supervisor.check()
             if reason:
                 print(f"error: giving up: {reason}", file=sys.stderr, flush=True)
-                return 1
-    finally:
-        print("stopping...", flush=True)
+                status = 1
+                break
+        # Services drain what they run (each up to its drain_timeout_s) before they exit.
+        print("stopping (Ctrl-C again to stop at once)...", flush=True)
+        stop.set()
         cluster.stop()
+    except _Interrupted:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        cluster.kill()
+        print("killed", flush=True)
+        return 130
     print("stopped", flush=True)
-    return 0
+    return status
 
 
 class _Interrupted(Exception):
-    """Ctrl-C or SIGTERM while the cluster starts."""
+    """Ctrl-C or SIGTERM while the cluster starts, or a second one while it stops."""
 
 
 def _interrupt(*_: object) -> None:
     raise _Interrupted()
+
+
+def _first_stops_second_forces(stop: threading.Event) -> None:
+    # As uvicorn and vLLM: the first signal stops gracefully, the next one stops at once.
+    if stop.is_set():
+        raise _Interrupted()
+    stop.set()
 
 
 def _http_address(cluster) -> str:
