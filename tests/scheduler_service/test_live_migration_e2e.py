@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import urllib.request
 
 import grpc
@@ -219,6 +220,56 @@ def test_drain_moves_every_running_request_and_the_streams_go_on_at_the_destinat
         ]
     )
     assert code == 1 and "not live" in capsys.readouterr().err
+
+
+def test_a_request_aborted_while_it_migrates_is_gone_from_both_replicas(two_replicas):
+    """The abort is sent as soon as the destination reserved blocks for the request (the copy
+    stages run then), so it lands mid-migration on most runs; wherever it lands, the request must
+    end on both replicas with every block back."""
+    _, ((source_scheduler, _, source), (dest_scheduler, _, dest)) = two_replicas
+    _wait_ready(source)
+    _wait_ready(dest)
+    prompt = [(7 * i) % 250 + 1 for i in range(60)]  # a longer context: more blocks to copy
+    responses: queue.Queue = queue.Queue()
+    request = submit_request("m4", prompt, 150, ignore_eos=True)
+    threading.Thread(target=_stream, args=(source, request, responses), daemon=True).start()
+    tokens: list[int] = []
+    while len(tokens) < 3:
+        tokens.extend(responses.get(timeout=120).token_ids)
+    migrated: list = []
+    migrate = threading.Thread(
+        target=lambda: migrated.append(
+            source.Migrate(
+                scheduler_pb2.MigrateRequest(request_id="m4", destination_address=dest_scheduler.address),
+                timeout=120,
+            )
+        )
+    )
+    free_before = dest.GetLoad(scheduler_pb2.GetLoadRequest(), timeout=10).free_blocks
+    migrate.start()
+    deadline = time.monotonic() + 30
+    while dest.GetLoad(scheduler_pb2.GetLoadRequest(), timeout=10).free_blocks == free_before:
+        if not migrate.is_alive() or time.monotonic() > deadline:
+            break  # it ended (or never reserved) before we saw it: abort anyway
+    source.Abort(scheduler_pb2.AbortRequest(request_id="m4"), timeout=30)
+    migrate.join(120)
+    moved_to = ""
+    ended = None
+    while (item := responses.get(timeout=120)) is not None:
+        if isinstance(item, grpc.RpcError):
+            ended = item.code()
+        else:
+            moved_to = item.migrated_to or moved_to
+    if moved_to:  # the abort came after the hand-over: the caller ends it where it went
+        assert migrated[0].migrated
+        dest.Abort(scheduler_pb2.AbortRequest(request_id="m4"), timeout=30)
+    else:
+        assert not migrated[0].migrated, migrated[0]
+        assert ended is not None or tokens  # the stream ended here, by the abort
+    wait_all_blocks_free(source)
+    wait_all_blocks_free(dest)
+    outcome = "migrated" if migrated[0].migrated else "failed"
+    assert _metric(source_scheduler, "infermesh_migrations_total", outcome=outcome) >= 1
 
 
 def test_a_dead_destination_worker_fails_the_copy_and_the_request_finishes_on_the_source(two_replicas):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from infermesh.v1 import rescheduler_pb2, rescheduler_pb2_grpc
 from infermesh_shared.config import ReschedulerConfig, load_config
 from infermesh_shared.discovery import make_discovery
-from infermesh_shared.grpc_server import add_health_and_reflection
+from infermesh_shared.grpc_server import add_health_and_reflection, set_serving
 from infermesh_shared.grpc_transport import (
     EXIT_PORT_IN_USE,
     PortInUseError,
@@ -57,7 +57,7 @@ async def serve(cfg: ReschedulerConfig, stop: asyncio.Event | None = None) -> No
     rescheduler_pb2_grpc.add_ReschedulerServiceServicer_to_server(
         ReschedulerServicer(replicas.stubs, cfg.rescheduling_config), server
     )
-    add_health_and_reflection(server, [SERVICE_NAME], reflection_on=False)
+    health = add_health_and_reflection(server, [SERVICE_NAME], reflection_on=False)
     port = bind(server, f"{cfg.host}:{cfg.port}", tls)
     await server.start()
     metrics_server = start_metrics_server(cfg.metrics_port, registry, cfg.host) if cfg.metrics_port else None
@@ -69,6 +69,8 @@ async def serve(cfg: ReschedulerConfig, stop: asyncio.Event | None = None) -> No
         ReschedulerMetrics(registry),
     )
     await rescheduler.start()
+    # Serving means running: whether it acts is the lease's business (a standby is healthy too).
+    set_serving(health, [SERVICE_NAME], True)
     # The launcher and the tests parse this line to learn the bound port.
     print(f"rescheduler listening on {cfg.host}:{port}", flush=True)
     stop = stop or asyncio.Event()
@@ -79,6 +81,7 @@ async def serve(cfg: ReschedulerConfig, stop: asyncio.Event | None = None) -> No
         await stop.wait()
     finally:
         logger.info("rescheduler shutting down")
+        set_serving(health, [SERVICE_NAME], False)
         await rescheduler.stop()  # gives the lease back: a standby takes over at once
         await server.stop(1.0)
         await replicas.close()
