@@ -6,6 +6,8 @@ Setups run one after another in one invocation, so their figures compare as rati
     .venv/bin/python scripts/bench_matrix.py --setups tp1 tp2 pp2 --num-requests 64 --concurrency 64
     .venv/bin/python scripts/bench_matrix.py --model-preset llama-100m --setups tp1
     .venv/bin/python scripts/bench_matrix.py --setups prefix-on prefix-off --shared-prefix-len 256
+    # two replicas, all arrivals to one, rescheduling off and on:
+    .venv/bin/python scripts/bench_matrix.py --setups resched-off resched-on --num-requests 64
     # issue 17's workload on the ~100M preset and the demo model, this tree against an older one:
     .venv/bin/python scripts/bench_matrix.py --workload peers-64 --model-preset llama-100m demo \
         --baseline-src /tmp/infermesh-before
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,12 +34,27 @@ from infermesh_cli.demo_model import ensure_demo_model, write_llama_checkpoint
 from infermesh_cli.local_cluster import ClusterSpec, LocalCluster
 from infermesh_cli.make_model_command import PRESETS
 
+RESCHEDULING_ON = [
+    "enable_rescheduling=true",
+    "rescheduling_policies=decode_load,neutral_failover",
+    "rescheduling_interval_ms=200",
+    # Act before the pinned replica is full (the seed's 1.0 waits for projected overload).
+    "rescheduling_decode_load_threshold=0.3",
+    "rescheduling_load_balance_threshold=0.1",
+    "rescheduling_req_select_rule=NUM_REQ",
+    "rescheduling_req_select_value=4",
+]
 SETUPS: dict[str, dict] = {
     "tp1": {},
     "tp2": {"tp_size": 2},
     "pp2": {"pp_size": 2},
     "prefix-on": {"scheduler_args": ["--enable-prefix-cache"]},
     "prefix-off": {"scheduler_args": ["--no-enable-prefix-cache"]},
+    # Two replicas, every arrival pinned to one of them (one session id, session dispatch): the
+    # imbalance seed 001's rescheduler is for, without and with it (decode_load moves running
+    # requests, with their KV cache, to the idle replica).
+    "resched-off": {"replicas": 2, "pinned": True},
+    "resched-on": {"replicas": 2, "pinned": True, "rescheduler_args": RESCHEDULING_ON},
 }
 
 
@@ -93,13 +111,20 @@ def _tree_env(src: Path) -> dict[str, str]:
 
 
 def _run_setup(args: argparse.Namespace, name: str, model: Path, log_dir: Path, env) -> dict:
+    from infermesh_cli.rescheduler_args import rescheduler_flags
+
     setup = SETUPS[name]
+    frontend_args = rescheduler_flags(setup.get("rescheduler_args", []))
+    if setup.get("pinned"):
+        frontend_args += ["--dispatch-policy", "session"]
     spec = ClusterSpec(
         model_path=model,
         tp_size=setup.get("tp_size", 1),
         pp_size=setup.get("pp_size", 1),
+        replicas=setup.get("replicas", 1),
         scheduler_args=["--dtype", "fp32", *setup.get("scheduler_args", []), *args.scheduler_args.split()],
         worker_args=args.worker_args.split(),
+        frontend_args=frontend_args,
         log_dir=log_dir,
         env=env,
     )
@@ -122,10 +147,12 @@ def _run_setup(args: argparse.Namespace, name: str, model: Path, log_dir: Path, 
             str(args.shared_prefix_len),
         ]
         command += ["--prompt-len", *args.prompt_len, "--output-len", *args.output_len]
+    if setup.get("pinned"):
+        command += ["--session-id", "pinned"]
     with LocalCluster(spec) as cluster:
         services = {
             "worker": cluster.workers,
-            "scheduler": [cluster.scheduler],
+            "scheduler": cluster.schedulers,
             "frontend": cluster.frontends,
         }
         before = {name: sum(_cpu_seconds(s) for s in procs) for name, procs in services.items()}
@@ -137,6 +164,12 @@ def _run_setup(args: argparse.Namespace, name: str, model: Path, log_dir: Path, 
     # CPU seconds each service spent on the workload: on a shared machine the wall time depends on
     # the neighbours, these much less; the scheduler's and frontend's are what the worker loses.
     result["cpu_s"] = {name: round(value, 1) for name, value in used.items()}
+    if setup.get("rescheduler_args"):
+        log = "".join(path.read_text() for path in log_dir.glob("frontend*.log"))
+        result["migrations"] = {
+            "moved": len(re.findall(r"decode_load: \S+ moved", log)),
+            "stayed": len(re.findall(r"decode_load: \S+ stays on", log)),
+        }
     return result
 
 

@@ -55,13 +55,17 @@ class Backend(Protocol):
 class GrpcBackend:
     """infermesh's FrontendService.GenerateStream."""
 
-    def __init__(self, address: str, api_key: str | None = None, tls_ca_file: str = "") -> None:
+    def __init__(
+        self, address: str, api_key: str | None = None, tls_ca_file: str = "", session_id: str = ""
+    ) -> None:
         from infermesh.v1 import frontend_pb2_grpc
         from infermesh_shared.grpc_transport import PLAINTEXT, TlsFiles, open_aio_channel
 
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._channel = open_aio_channel(address, TlsFiles(ca_file=tls_ca_file) if tls_ca_file else PLAINTEXT)
         self._stub = frontend_pb2_grpc.FrontendServiceStub(self._channel)
+        # One session for every request: with the frontend's session dispatch they all go to one replica.
+        self._session_id = session_id
 
     async def model(self) -> ServedModel:
         from infermesh.v1 import frontend_pb2
@@ -86,6 +90,7 @@ class GrpcBackend:
             generate_input = frontend_pb2.GenerateInput(
                 token_ids=frontend_pb2.TokenIds(ids=request.prompt), sampling=sampling
             )
+        generate_input.session_id = self._session_id
         result = RequestResult(start=time.perf_counter(), prompt_tokens=len(request.prompt))
         try:
             call = self._stub.GenerateStream(
@@ -208,8 +213,16 @@ async def _sse_events(content) -> AsyncIterator[dict]:
 
 
 def make_backend(
-    name: str, address: str, base_url: str, model: str | None, api_key: str | None, tls_ca_file: str = ""
+    name: str,
+    address: str,
+    base_url: str,
+    model: str | None,
+    api_key: str | None,
+    tls_ca_file: str = "",
+    session_id: str = "",
 ) -> Backend:
     if name == "infermesh":
-        return GrpcBackend(address, api_key, tls_ca_file)
+        return GrpcBackend(address, api_key, tls_ca_file, session_id)
+    if session_id:
+        raise ValueError("--session-id is sent by the infermesh backend only")
     return OpenAIBackend(base_url, model, chat=name == "openai-chat", api_key=api_key)

@@ -110,6 +110,12 @@ def add_bench_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="every prompt starts with the same this many tokens (prefix-cache workloads)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random workload")
+    parser.add_argument(
+        "--session-id",
+        default="",
+        help="infermesh backend: send every request with this session id (a frontend with "
+        "--dispatch-policy session then routes them all to one replica: an imbalanced arrival)",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--workload",
@@ -194,7 +200,12 @@ async def _bench_serving(args: argparse.Namespace, fixed: list | None, slos: dic
     from infermesh_cli.frontend_client import resolve_api_key
 
     api_key = resolve_api_key(args.api_key)
-    backend = make_backend(args.backend, args.address, args.base_url, args.model, api_key, args.tls_ca_file)
+    try:
+        backend = make_backend(
+            args.backend, args.address, args.base_url, args.model, api_key, args.tls_ca_file, args.session_id
+        )
+    except ValueError as err:
+        raise BenchUsageError(str(err)) from None
     try:
         try:
             model = await backend.model()
