@@ -1,6 +1,7 @@
 """Two infermesh-rescheduler processes on one Redis lease (real redis-server, real processes):
 exactly one is active; stopping it (SIGTERM) hands the lease to the other at once. Each answers
-gRPC health on its own port and refuses a config it cannot honour before it starts."""
+gRPC health on its own port and refuses a config it cannot honour before it starts; under mutual
+TLS its drain RPC answers the rescheduler role only."""
 
 from __future__ import annotations
 
@@ -102,3 +103,56 @@ def test_a_standalone_rescheduler_refuses_policies_that_need_pd_roles():
     )
     assert result.returncode == 2
     assert "prefill_failover, decode_failover" in result.stderr and "issue 15" in result.stderr
+
+
+def test_under_mutual_tls_only_the_rescheduler_role_may_drain(tmp_path):
+    from infermesh.v1 import rescheduler_pb2, rescheduler_pb2_grpc
+    from infermesh_cli.cluster_certs import write_cluster_certs
+    from infermesh_shared.grpc_transport import TlsFiles, open_channel
+
+    certs = write_cluster_certs(tmp_path / "certs")
+    ca = str(tmp_path / "certs" / "ca.pem")
+
+    def tls(role: str) -> TlsFiles:
+        return certs[role].as_tls()
+
+    mine = tls("rescheduler")
+    process = ServiceProcess(
+        name="rescheduler",
+        args=[
+            sys.executable,
+            "-m",
+            "infermesh_frontend.rescheduling.standalone",
+            "--port",
+            "0",
+            "--scheduler-addresses",
+            "127.0.0.1:1",
+            "--rescheduling-policies",
+            "decode_load",
+            "--tls-cert-file",
+            mine.cert_file,
+            "--tls-key-file",
+            mine.key_file,
+            "--tls-ca-file",
+            ca,
+        ],
+    )
+    process.start()
+    try:
+        address = process.wait_listening(60)
+        request = rescheduler_pb2.DrainReplicaRequest(replica_address="127.0.0.1:9")
+
+        def drain(role: str) -> grpc.StatusCode:
+            with open_channel(address, tls(role), server_role="rescheduler") as channel:
+                try:
+                    rescheduler_pb2_grpc.ReschedulerServiceStub(channel).DrainReplica(request, timeout=10)
+                except grpc.RpcError as error:
+                    return error.code()
+            return grpc.StatusCode.OK
+
+        assert drain("frontend") == grpc.StatusCode.PERMISSION_DENIED
+        assert drain("worker") == grpc.StatusCode.PERMISSION_DENIED
+        # Allowed in, then refused: the replica is not one discovery knows.
+        assert drain("rescheduler") == grpc.StatusCode.NOT_FOUND
+    finally:
+        process.stop()
