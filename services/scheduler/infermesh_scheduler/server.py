@@ -12,7 +12,6 @@ from infermesh_shared.config import SchedulerConfig
 from infermesh_shared.config.kv_sizing import resolve_dtype
 from infermesh_shared.config.model_metadata import ModelMetadata
 from infermesh_shared.discovery.advertised_address import advertised_address
-from infermesh_shared.discovery.redis_registration import RedisRegistration
 from infermesh_shared.grpc_server import add_health_and_reflection, health_only_server
 from infermesh_shared.grpc_transport import (
     TlsConfigError,
@@ -166,6 +165,9 @@ async def serve(cfg: SchedulerConfig, metadata: ModelMetadata, stop: asyncio.Eve
     engine.start()
     registration = None
     if cfg.redis_url:
+        # Here, not at the top: the Redis client costs every scheduler start ~0.1 s.
+        from infermesh_shared.discovery.redis_registration import RedisRegistration
+
         registration = RedisRegistration(
             cfg.redis_url,
             advertised_address(cfg.advertise_address, cfg.host, port),
