@@ -4,15 +4,15 @@ Issue 11: right after `infermesh up --tp-size 2` the first answer was sometimes 
 ones were fine, so a test that warms a cluster up first cannot see it. Here every group is new and
 its very first Submit is compared, token id for token id, with tp=1 and with transformers.
 
-Per shape, the first group is made of new processes; the nine after it are new schedulers started
-on the same port: the workers notice, register again, and get LoadModel afresh (a new
-torch.distributed group, model and KV cache). That keeps twenty fresh groups inside the suite's
-budget. No frontend: the tokenizer is not under test.
+Every group is new processes, scheduler and workers, as after `infermesh up`. To keep twenty of
+them inside the suite's budget the next group's processes start while the current one answers, and
+no frontend is started (the tokenizer is not under test).
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -63,52 +63,80 @@ def _first_answer(address: str, prompt: list[int]) -> list[int]:
         return [t for message in stub.Submit(request, timeout=120) for t in message.token_ids]
 
 
+@dataclass
+class _Group:
+    """One cluster without a frontend: a scheduler and its tp·pp workers, all new processes."""
+
+    address: str
+    scheduler: ServiceProcess
+    workers: list[ServiceProcess]
+
+    def kill(self) -> None:
+        for service in (*self.workers, self.scheduler):
+            service.kill()
+
+
+def _start_group(model: Path, logs: Path, tp: int, pp: int, index: int) -> _Group:
+    """Starts the processes of a new group; they form it on their own (workers retry registering
+    until the scheduler listens)."""
+    address = f"127.0.0.1:{free_port()}"
+    host, port = address.split(":")
+    scheduler = _service(
+        "infermesh_scheduler", logs / f"scheduler-{index}.log",
+        "--host", host, "--port", port, "--model-path", str(model), "--dtype", "fp32",
+        "--tp-size", str(tp), "--pp-size", str(pp), "--num-workers", str(tp * pp),
+    )  # fmt: skip
+    workers = [
+        _service(
+            "infermesh_worker",
+            logs / f"worker-{index}-{rank}.log",
+            "--host",
+            host,
+            "--port",
+            "0",
+            "--scheduler-address",
+            address,
+            "--worker-name",
+            f"w{rank}",
+            # One torch thread each: tp·pp workers share two cores (as the e2e clusters run them).
+            "--num-threads",
+            "1",
+            "--kv-cache-memory-bytes",
+            str(64 * 1024 * 1024),
+        )  # fmt: skip
+        for rank in range(tp * pp)
+    ]
+    return _Group(address, scheduler, workers)
+
+
 def _fresh_groups(
     model: Path, logs: Path, prompt: list[int], tp: int, pp: int, count: int
 ) -> list[list[int]]:
-    """First answers of `count` fresh groups of shape tp x pp."""
+    """First answers of `count` fresh groups of shape tp x pp: each one new scheduler and worker
+    processes. The next group's processes start while the current group answers (process start
+    is most of a group's cost); each group is killed right after its first answer."""
     logs.mkdir(parents=True, exist_ok=True)
-    address = f"127.0.0.1:{free_port()}"
-    host, port = address.split(":")
-    scheduler_args = [
-        "--host", host, "--port", port, "--model-path", str(model), "--dtype", "fp32",
-        "--tp-size", str(tp), "--pp-size", str(pp), "--num-workers", str(tp * pp),
-    ]  # fmt: skip
-    workers = []
-    answers = []
+    answers: list[list[int]] = []
+    started = [_start_group(model, logs, tp, pp, 0)]
     try:
         for index in range(count):
-            scheduler = _service("infermesh_scheduler", logs / f"scheduler-{index}.log", *scheduler_args)
-            try:
-                scheduler.wait_listening(60)
-                if not workers:
-                    workers = [
-                        _service(
-                            "infermesh_worker",
-                            logs / f"worker-{rank}.log",
-                            "--host",
-                            host,
-                            "--port",
-                            "0",
-                            "--scheduler-address",
-                            address,
-                            "--worker-name",
-                            f"w{rank}",
-                            "--scheduler-probe-interval-ms",
-                            "100",
-                            "--kv-cache-memory-bytes",
-                            str(64 * 1024 * 1024),
-                        )  # fmt: skip
-                        for rank in range(tp * pp)
-                    ]
-                wait_serving(address, 120)
-                answers.append(_first_answer(address, prompt))
-            finally:
-                scheduler.kill()
+            group = started[index]
+            wait_serving(group.address, 180, give_up=lambda g=group: _exited(g))
+            if index + 1 < count:
+                started.append(_start_group(model, logs, tp, pp, index + 1))
+            answers.append(_first_answer(group.address, prompt))
+            group.kill()
     finally:
-        for worker in workers:
-            worker.stop()
+        for group in started:
+            group.kill()
     return answers
+
+
+def _exited(group: _Group) -> str:
+    for service in (group.scheduler, *group.workers):
+        if not service.alive():
+            return f"{service.name} exited: {service.first_error_line()}"
+    return ""
 
 
 def test_every_fresh_parallel_group_answers_its_first_request_like_tp1_and_transformers(
