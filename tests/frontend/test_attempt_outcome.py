@@ -9,7 +9,6 @@ import pytest
 from infermesh.v1 import common_pb2, scheduler_pb2
 from infermesh_frontend.attempt_outcome import Fail, Failover
 from infermesh_frontend.generation import Generation, PreparedRequest
-from infermesh_frontend.routing import RouteRequest
 
 
 class CharDetokenizer:
@@ -28,7 +27,7 @@ def generation(n: int = 1, max_tokens: int = 8) -> Generation:
         prompt_token_ids=[1, 2, 3],
         sampling=common_pb2.SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens, n=n),
     )
-    prepared = PreparedRequest(submit, [], RouteRequest([1, 2, 3]))
+    prepared = PreparedRequest(submit, [])
     return Generation(pool=None, request=prepared, new_detokenizer=lambda ids: CharDetokenizer())  # type: ignore[arg-type]
 
 

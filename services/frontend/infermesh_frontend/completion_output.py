@@ -30,7 +30,10 @@ class CompletionDelta:
 
 
 class CompletionOutput:
-    """Accumulates one completion (index 0..n-1) and turns scheduler tokens into deltas."""
+    """Accumulates one completion (index 0..n-1) and turns scheduler tokens into deltas; once it
+    finished it is the completion's whole answer, read by every API that answers once (unary
+    gRPC, HTTP). Text is kept as parts and joined once: appending to one string per delta would
+    copy the whole output every token."""
 
     def __init__(
         self,
@@ -46,6 +49,7 @@ class CompletionOutput:
         self.text_parts: list[str] = []
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
+        self.top_logprobs: list[tuple[list[int], list[float]]] = []
         self.finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
         self.matched_stop = ""
         self._include_stop_str = include_stop_str
@@ -118,3 +122,4 @@ class CompletionOutput:
         self.text_parts.append(delta.text)
         self.token_ids.extend(delta.token_ids)
         self.logprobs.extend(delta.logprobs)
+        self.top_logprobs.extend(delta.top_logprobs)

@@ -30,8 +30,8 @@ class PreparedRequest:
 
     submit: scheduler_pb2.SubmitRequest
     stop_strings: list[str]
-    # What the dispatch policy looks at to choose a replica.
-    route: RouteRequest
+    # Requests of one session go to the same replica (session affinity), when the policy uses it.
+    session_id: str = ""
     # Time allowed for the whole request (ms); 0 means none.
     timeout_ms: int = 0
     # Replicas the request may be tried on (it moves on only while none has answered yet).
@@ -46,6 +46,11 @@ class PreparedRequest:
     # Text options: special tokens left out, a matched stop string kept at the end.
     skip_special_tokens: bool = True
     include_stop_str: bool = False
+
+    @property
+    def route(self) -> RouteRequest:
+        """What the dispatch policy looks at to choose a replica (read from the submit itself)."""
+        return RouteRequest(self.submit.prompt_token_ids, self.session_id, self.submit.cache_salt)
 
 
 class Generation:

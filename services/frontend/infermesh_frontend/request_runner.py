@@ -29,7 +29,6 @@ from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.request_bounds import RequestBounds, check_request_bounds
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_tracing import RequestTrace
-from infermesh_frontend.routing import RouteRequest
 from infermesh_frontend.sampling_params import InvalidRequestError, SamplingLimits, resolve_sampling_params
 from infermesh_frontend.scheduler_pool import SchedulerPool
 from infermesh_frontend.tokenizer import FrontendTokenizer
@@ -132,12 +131,11 @@ class RequestRunner:
         )
         if request_input.HasField("priority"):
             submit.priority = request_input.priority
-        route = RouteRequest(prompt_ids, request_input.session_id, request_input.cache_salt)
         client = request_input.sampling
         return PreparedRequest(
             submit,
             list(request_input.sampling.stop),
-            route,
+            request_input.session_id,
             timeout_ms,
             self._failover_max_attempts,
             client_request_id=request_input.request_id,

@@ -23,7 +23,6 @@ from infermesh_shared.telemetry import semconv as sc
 from prometheus_client import CollectorRegistry
 
 from infermesh_frontend.client_auth import ApiKeys, tenant_cache_salt
-from infermesh_frontend.completion_collector import CollectedCompletion
 from infermesh_frontend.completion_output import CompletionDelta
 from infermesh_frontend.openai_http.api_error import ApiError, invalid
 from infermesh_frontend.openai_http.best_of import best_of
@@ -215,24 +214,13 @@ class OpenAIApi:
         salted = parsed.generate_input
         apply_queue_timeout_header(request.headers, salted)
         salted.cache_salt = tenant_cache_salt(request_tenant(request), salted.cache_salt)
-        deltas = self._runner.run(salted, stream=parsed.stream, operation=operation)
+        if not parsed.stream:
+            done = await self._runner.complete(salted, operation)
+            outputs = best_of(done.outputs, parsed.requested_n) if parsed.best_of else done.outputs
+            return web.json_response(shape.response(outputs, done.usage, parsed.logprobs, parsed.echo_text))
+        deltas = self._runner.run(salted, stream=True, operation=operation)
         async with contextlib.aclosing(deltas):
-            if parsed.stream:
-                return await _stream(request, parsed, shape, deltas, self._prompt_tokens(parsed))
-            choices: dict[int, CollectedCompletion] = {}
-            usage = None
-            async for delta in deltas:
-                choices.setdefault(delta.index, CollectedCompletion()).add(delta)
-                if delta.usage is not None:
-                    usage = delta.usage
-            if usage is None:
-                raise ApiError(500, "the request ended without a result")
-            if parsed.best_of:
-                choices = best_of(choices, parsed.requested_n)
-            if parsed.echo_text:
-                for choice in choices.values():
-                    choice.text_parts.insert(0, parsed.echo_text)
-            return web.json_response(shape.response(choices, usage, parsed.logprobs))
+            return await _stream(request, parsed, shape, deltas, self._prompt_tokens(parsed))
 
 
 async def _stream(

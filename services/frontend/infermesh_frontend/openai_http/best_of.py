@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from infermesh_frontend.completion_collector import CollectedCompletion
+from collections.abc import Sequence
+
+from infermesh_frontend.completion_output import CompletionOutput
 
 
-def best_of(choices: dict[int, CollectedCompletion], n: int) -> dict[int, CollectedCompletion]:
-    """The `n` best of `choices` by sum of token logprobs, re-indexed 0..n-1 best first."""
-    ranked = sorted(choices.values(), key=lambda choice: sum(choice.logprobs), reverse=True)
-    return dict(enumerate(ranked[:n]))
+def best_of(outputs: Sequence[CompletionOutput], n: int) -> list[CompletionOutput]:
+    """The `n` best of `outputs` by sum of token logprobs, best first (answered as choices 0..n-1)."""
+    return sorted(outputs, key=lambda output: sum(output.logprobs), reverse=True)[:n]

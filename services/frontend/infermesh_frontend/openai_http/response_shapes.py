@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from infermesh.v1 import common_pb2
 
-from infermesh_frontend.completion_collector import CollectedCompletion
-from infermesh_frontend.completion_output import CompletionDelta
+from infermesh_frontend.completion_output import CompletionDelta, CompletionOutput
 
 _FINISH_REASONS = {
     common_pb2.FINISH_REASON_STOP: "stop",
@@ -54,10 +53,18 @@ class ResponseShape:
         return {"id": self.response_id, "object": object_name, "created": self.created, "model": self.model}
 
     def response(
-        self, choices: dict[int, CollectedCompletion], usage: common_pb2.Usage, logprobs: bool
+        self,
+        outputs: Sequence[CompletionOutput],
+        usage: common_pb2.Usage,
+        logprobs: bool,
+        echo_text: str = "",
     ) -> dict:
+        """The whole answer: `outputs` as choices 0..n-1 in their order, each text after `echo_text`."""
         body = self._envelope(self.object_name)
-        body["choices"] = [self.choice(i, choices[i], logprobs) for i in sorted(choices)]
+        body["choices"] = [
+            self.choice(index, output, echo_text + output.text, logprobs)
+            for index, output in enumerate(outputs)
+        ]
         body["usage"] = usage_object(usage)
         return body
 
@@ -71,7 +78,7 @@ class ResponseShape:
             body["usage"] = usage_object(usage) if usage is not None else None
         return body
 
-    def choice(self, index: int, choice: CollectedCompletion, logprobs: bool) -> dict:
+    def choice(self, index: int, output: CompletionOutput, text: str, logprobs: bool) -> dict:
         raise NotImplementedError
 
     def delta_choice(self, delta: CompletionDelta, logprobs: bool) -> dict:
@@ -102,12 +109,12 @@ class CompletionShape(ResponseShape):
             "text_offset": offsets,
         }
 
-    def choice(self, index: int, choice: CollectedCompletion, logprobs: bool) -> dict:
+    def choice(self, index: int, output: CompletionOutput, text: str, logprobs: bool) -> dict:
         return {
             "index": index,
-            "text": choice.text,
-            "finish_reason": finish_reason_name(choice.finish_reason),
-            "logprobs": self._logprobs(choice.token_ids, choice.logprobs, choice.top_logprobs)
+            "text": text,
+            "finish_reason": finish_reason_name(output.finish_reason),
+            "logprobs": self._logprobs(output.token_ids, output.logprobs, output.top_logprobs)
             if logprobs
             else None,
         }
@@ -146,12 +153,12 @@ class ChatShape(ResponseShape):
             content.append(entry)
         return {"content": content}
 
-    def choice(self, index: int, choice: CollectedCompletion, logprobs: bool) -> dict:
+    def choice(self, index: int, output: CompletionOutput, text: str, logprobs: bool) -> dict:
         return {
             "index": index,
-            "message": {"role": "assistant", "content": choice.text},
-            "finish_reason": finish_reason_name(choice.finish_reason),
-            "logprobs": self._logprobs(choice.token_ids, choice.logprobs, choice.top_logprobs)
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish_reason_name(output.finish_reason),
+            "logprobs": self._logprobs(output.token_ids, output.logprobs, output.top_logprobs)
             if logprobs
             else None,
         }
