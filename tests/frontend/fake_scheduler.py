@@ -18,6 +18,8 @@ from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from infermesh_scheduler.core.errors import InvalidRequestError
 from infermesh_scheduler.core.request_check import RequestLimits, check_request
 from infermesh_scheduler.request_codec import spec_from_submit
+from infermesh_scheduler.submit_rejected import SubmitRejected
+from infermesh_shared.field_violation import field_violation_metadata
 
 # Bounds an "endless" stream so a frontend that never aborts cannot hang a test forever.
 ENDLESS_STEP_LIMIT = 2000
@@ -47,8 +49,9 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         # Keep cycling through `tokens` until the client cancels (bounded by ENDLESS_STEP_LIMIT).
         self.endless = False
         self.finish_reason = common_pb2.FINISH_REASON_LENGTH
-        # (code, message) to fail Submit with, as the real scheduler does for bad input.
-        self.error: tuple[grpc.StatusCode, str] | None = None
+        # (code, message[, SubmitRequest field]) to fail Submit with, as the real scheduler does
+        # for bad input.
+        self.error: tuple[grpc.StatusCode, str] | tuple[grpc.StatusCode, str, str] | None = None
         self.submits: list[scheduler_pb2.SubmitRequest] = []
         # The gRPC deadline each Submit arrived with, as time remaining (None: no deadline).
         self.time_remaining: list[float | None] = []
@@ -59,13 +62,22 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         if self.error is not None:
             self.submits.append(request)
             self.time_remaining.append(context.time_remaining())
-            await context.abort(*self.error)
+            code, message, *field = self.error
+            await context.abort(
+                code, message, field_violation_metadata(code, message, field[0] if field else None)
+            )
         try:
             # The real scheduler's request rules, so the frontend is tested against its messages;
             # a refused request is not recorded (it was never admitted).
             check_request(spec_from_submit(request, 0, None), self.limits)
         except InvalidRequestError as invalid:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, invalid.message)
+            # As the real servicer answers: the status, the message and the field at fault.
+            rejected = SubmitRejected.of(invalid)
+            await context.abort(
+                rejected.code,
+                rejected.message,
+                field_violation_metadata(rejected.code, rejected.message, rejected.field),
+            )
         self.submits.append(request)
         self.time_remaining.append(context.time_remaining())
         n = request.sampling.n

@@ -197,17 +197,27 @@ def test_no_scheduler_is_503(loop: LoopThread, model_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "words"),
     [
+        # Refused by the scheduler's check_request (the fake runs it), which names the field.
         ("frequency_penalty", 3.0, "frequency_penalty must be in [-2, 2]"),
         ("logprobs", 21, "logprobs must be <= 20"),
+        ("top_p", 0, "top_p must be in (0, 1]"),
+        ("max_tokens", 0, "max_tokens must be >= 1"),
+        ("max_tokens", 100, "exceeds the model's max_model_len"),
+        ("n", 0, "must be >= 1"),
+        ("temperature", -1, "temperature must be >= 0"),
+        ("logit_bias", {"600": 1}, "outside the vocabulary"),
+        ("stop_token_ids", [600], "outside the vocabulary"),
+        ("min_tokens", 40, "min_tokens (40) must be <= max_tokens"),
+        # Refused at the HTTP edge: the body's shape.
         ("best_of", 0, "best_of (0) must be >= n (1)"),
         ("logit_bias", {"x": 1}, "keys must be token ids"),
         ("prompt", ["a", "b"], "one request per prompt"),
         ("prompt", [], "non-empty"),
         ("temperature", "hot", "must be a number"),
         ("stop", 5, "string or a list"),
+        ("stop", ["a", ""], "stop string #1 is empty"),
         ("tools", [{"type": "function", "function": {"name": "f"}}], "not supported"),
-        ("top_p", 0, "top_p must be in (0, 1]"),
-        ("max_tokens", 0, "max_tokens must be >= 1"),
+        ("max_tokens", -1, "max_tokens must be a whole number from 0"),
         ("seed", 2**64, "seed must be <="),
         ("priority", 2**40, "32-bit integer"),
         ("prompt", [1, 2**33], "token ids"),
@@ -216,10 +226,44 @@ def test_no_scheduler_is_503(loop: LoopThread, model_dir: Path) -> None:
 def test_refused_fields_are_400_naming_them(
     base_url: str, fake: FakeScheduler, field: str, value, words: str
 ) -> None:
-    status, body = _post(f"{base_url}/completions", {"model": MODEL, "prompt": "Hi", field: value})
+    status, body = _post(
+        f"{base_url}/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 8, field: value}
+    )
     assert status == 400
     assert words in body["error"]["message"]
+    assert body["error"]["param"] == field, body
     assert not fake.submits
+
+
+def test_the_scheduler_names_the_field_as_data_not_in_words(base_url: str, fake: FakeScheduler) -> None:
+    url = f"{base_url}/completions"
+    request = {"model": MODEL, "prompt": "Hi", "max_tokens": 4}
+    # The field comes from the status details; the message's words do not matter.
+    fake.error = (grpc.StatusCode.INVALID_ARGUMENT, "no words about any field here", "sampling.top_k")
+    for stream in (False, True):
+        status, body = _post(url, {**request, "stream": stream})
+        assert (status, body["error"]["param"]) == (400, "top_k"), body
+    fake.error = (grpc.StatusCode.INVALID_ARGUMENT, "bad ids", "prompt_token_ids")
+    assert _post(url, request)[1]["error"]["param"] == "prompt"
+    # A refusal that names no field has no param, whatever its message says.
+    fake.error = (grpc.StatusCode.INVALID_ARGUMENT, "max_tokens and the prompt are bad")
+    assert _post(url, request)[1]["error"]["param"] is None
+
+
+def test_chat_names_fields_as_the_body_did(base_url: str, fake: FakeScheduler) -> None:
+    url = f"{base_url}/chat/completions"
+    messages = [{"role": "user", "content": "Hi"}]
+    status, body = _post(url, {"model": MODEL, "messages": messages, "max_completion_tokens": 0})
+    assert (status, body["error"]["param"]) == (400, "max_completion_tokens"), body
+    status, body = _post(url, {"model": MODEL, "messages": messages, "max_tokens": 0})
+    assert (status, body["error"]["param"]) == (400, "max_tokens"), body
+    fake.error = (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a prompt token is outside the vocabulary",
+        "prompt_token_ids",
+    )
+    status, body = _post(url, {"model": MODEL, "messages": messages, "max_tokens": 2})
+    assert (status, body["error"]["param"]) == (400, "messages"), body
 
 
 def test_chat_refusals(base_url: str, fake: FakeScheduler) -> None:

@@ -60,8 +60,10 @@ def with_sampling(spec, **changes):
 )
 def test_each_rule_names_the_field_and_the_fix(prompt, sampling, message):
     spec = with_sampling(make_spec("r", prompt), **sampling)
-    with pytest.raises(InvalidRequestError, match=message):
+    with pytest.raises(InvalidRequestError, match=message) as refused:
         check_request(spec, LIMITS)
+    # The field travels beside the message (the frontend names it to its client from this).
+    assert refused.value.field == (f"sampling.{next(iter(sampling))}" if sampling else "prompt_token_ids")
 
 
 def test_resumed_output_rules():

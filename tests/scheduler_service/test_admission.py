@@ -8,6 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc
+from infermesh_shared.field_violation import violated_field
 
 from tests.scheduler_service.service_harness import (
     MAX_POSITIONS,
@@ -31,30 +32,31 @@ def submit_error(stub, request) -> grpc.RpcError:
 
 
 INVALID_CASES = [
-    (dict(prompt=[]), "prompt_token_ids is empty"),
-    (dict(prompt=[1, 2, VOCAB_SIZE + 5]), f"token id {VOCAB_SIZE + 5} at position 2"),
-    (dict(max_tokens=0), "max_tokens must be >= 1, got 0"),
+    (dict(prompt=[]), "prompt_token_ids is empty", "prompt_token_ids"),
+    (dict(prompt=[1, 2, VOCAB_SIZE + 5]), f"token id {VOCAB_SIZE + 5} at position 2", "prompt_token_ids"),
+    (dict(max_tokens=0), "max_tokens must be >= 1, got 0", "sampling.max_tokens"),
     (
         dict(prompt=[1] * 200, max_tokens=100),
         "prompt (200 tokens) + max_tokens (100) = 300 tokens exceeds "
         f"the model's max_model_len of {MAX_POSITIONS}",
+        "sampling.max_tokens",
     ),
-    (dict(temperature=-0.5), "temperature must be >= 0 (0 means greedy), got -0.5"),
-    (dict(top_p=0.0), "top_p must be in (0, 1] (1 disables it), got 0.0"),
-    (dict(top_p=1.5), "top_p must be in (0, 1] (1 disables it), got 1.5"),
-    (dict(top_k=-1), "top_k must be >= 0 (0 disables it), got -1"),
-    (dict(min_p=1.5), "min_p must be in [0, 1] (0 disables it), got 1.5"),
-    (dict(min_p=-0.1), "min_p must be in [0, 1] (0 disables it), got -0.1"),
-    (dict(n=0), "n (number of completions) must be >= 1, got 0"),
+    (dict(temperature=-0.5), "temperature must be >= 0 (0 means greedy), got -0.5", "sampling.temperature"),
+    (dict(top_p=0.0), "top_p must be in (0, 1] (1 disables it), got 0.0", "sampling.top_p"),
+    (dict(top_p=1.5), "top_p must be in (0, 1] (1 disables it), got 1.5", "sampling.top_p"),
+    (dict(top_k=-1), "top_k must be >= 0 (0 disables it), got -1", "sampling.top_k"),
+    (dict(min_p=1.5), "min_p must be in [0, 1] (0 disables it), got 1.5", "sampling.min_p"),
+    (dict(min_p=-0.1), "min_p must be in [0, 1] (0 disables it), got -0.1", "sampling.min_p"),
+    (dict(n=0), "n (number of completions) must be >= 1, got 0", "sampling.n"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("change", "message", "field"),
     INVALID_CASES,
-    ids=[m.split(" ")[0] + str(i) for i, (_, m) in enumerate(INVALID_CASES)],
+    ids=[m.split(" ")[0] + str(i) for i, (_, m, _) in enumerate(INVALID_CASES)],
 )
-def test_invalid_argument(stub, change, message):
+def test_invalid_argument(stub, change, message, field):
     fields = {"prompt": [5, 6], "max_tokens": 4}
     fields.update(change)
     prompt, max_tokens = fields.pop("prompt"), fields.pop("max_tokens")
@@ -63,6 +65,8 @@ def test_invalid_argument(stub, change, message):
     assert message in err.details()
     if "vocab" in message or "token id" in message:
         assert f"vocab_size is {VOCAB_SIZE}" in err.details()
+    # The field at fault travels as data (google.rpc.BadRequest in the status details).
+    assert violated_field(err.trailing_metadata()) == field
 
 
 def test_unknown_priority_class_is_invalid(stub):

@@ -73,6 +73,17 @@ def test_apply_tracks_new_running_told_and_finished():
             "max_model_len 32",
         ),
         (StepPlan(1, new_sequences=[new(top_p=1.5)]), InvalidArgumentError, "out-of-range sampling"),
+        # The same ranges as the scheduler's (infermesh_shared.sampling_rules), in its words.
+        (
+            StepPlan(1, new_sequences=[new(temperature=-1.0)]),
+            InvalidArgumentError,
+            r"out-of-range sampling parameters: temperature must be >= 0",
+        ),
+        (
+            StepPlan(1, new_sequences=[new(top_logprobs=21)]),
+            InvalidArgumentError,
+            "top_logprobs must be <= 20",
+        ),
         (StepPlan(1, sampled_tokens=[ToldToken(1, 100)]), InvalidArgumentError, "sampled token 100"),
         (
             StepPlan(1, running_sequences=[RunningSequence(9, [], 0, 1)]),

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import grpc
 from infermesh.v1 import common_pb2, scheduler_pb2
+from infermesh_shared.field_violation import violated_field
 from infermesh_shared.telemetry import activate_span
 
 from infermesh_frontend.attempt_outcome import AttemptOutcome, Done, Fail, Failover, Moved
 from infermesh_frontend.completion_output import CompletionDelta, CompletionOutput
 from infermesh_frontend.detokenizer import Detokenizer
-from infermesh_frontend.request_error import RequestError
+from infermesh_frontend.request_error import RequestError, client_field
 from infermesh_frontend.request_tracing import RequestTrace
 from infermesh_frontend.routing import RouteRequest
 from infermesh_frontend.scheduler_pool import NoSchedulerError, SchedulerPool, SchedulerReplica
@@ -267,8 +268,10 @@ class Generation:
             return Fail(
                 RequestError(code, f"the request did not finish within its timeout of {timeout_ms} ms")
             )
-        # Everything else is the scheduler's own verdict: pass its status and message on as is.
-        return Fail(RequestError(code, error.details() or code.name))
+        # Everything else is the scheduler's own verdict: pass its status, message and the field
+        # it names on as they are.
+        field = client_field(violated_field(error.trailing_metadata()))
+        return Fail(RequestError(code, error.details() or code.name, field))
 
     def _failover_or_fail(
         self, code: grpc.StatusCode, reason: str, label: str, received: bool, is_last_replica: bool

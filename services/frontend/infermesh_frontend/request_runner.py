@@ -29,7 +29,7 @@ from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.request_bounds import RequestBounds, check_request_bounds
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_tracing import RequestTrace
-from infermesh_frontend.sampling_params import InvalidRequestError, SamplingLimits, resolve_sampling_params
+from infermesh_frontend.sampling_params import SamplingDefaults, resolve_sampling_params
 from infermesh_frontend.scheduler_pool import SchedulerPool
 from infermesh_frontend.tokenizer import FrontendTokenizer
 
@@ -77,7 +77,6 @@ class RequestRunner:
         self.model_info = model_info
         self._pool = pool
         self._default_max_tokens = limits.default_max_tokens
-        self._max_stop_strings = limits.max_stop_strings
         self._request_timeout_ms = limits.request_timeout_ms
         self._metrics = metrics
         self._failover_max_attempts = failover_max_attempts
@@ -96,27 +95,18 @@ class RequestRunner:
         # Unique per frontend request whatever the client calls it (request ids are scoped to
         # their client); the client's own id is only echoed back.
         request_id = uuid.uuid4().hex
-        prompt_kind = request_input.WhichOneof("prompt")
-        if prompt_kind == "text":
-            if not request_input.text:
-                raise RequestError(
-                    grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty: give non-empty text"
-                )
+        if request_input.WhichOneof("prompt") == "text":
             with request_trace.tokenize():
                 prompt_ids = await self._encode(request_input.text)
-        elif prompt_kind == "token_ids":
-            prompt_ids = list(request_input.token_ids.ids)
         else:
-            prompt_ids = []
+            prompt_ids = list(request_input.token_ids.ids)
         model = await self.model_info.get()
         request_trace.model_resolved(model.model_name)
-        limits = SamplingLimits(
-            self._default_max_tokens, self._max_stop_strings, model.max_model_len, model.vocab_size
+        sampling = resolve_sampling_params(
+            request_input.sampling,
+            len(prompt_ids),
+            SamplingDefaults(self._default_max_tokens, model.max_model_len),
         )
-        try:
-            sampling = resolve_sampling_params(request_input.sampling, len(prompt_ids), limits)
-        except InvalidRequestError as error:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error), error.param) from error
 
         timeout_ms = _effective_timeout_ms(request_input.timeout_ms, self._request_timeout_ms)
         submit = scheduler_pb2.SubmitRequest(

@@ -31,7 +31,7 @@ from infermesh_scheduler.core.step_plan import StepPlan
 from infermesh_scheduler.plan_codec import plan_to_proto, tokens_from_proto
 from infermesh_scheduler.request_stream import RequestStream
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
-from infermesh_scheduler.status_table import status_of_end, status_of_refusal
+from infermesh_scheduler.status_table import status_of_end
 from infermesh_scheduler.submit_rejected import SubmitRejected
 from infermesh_scheduler.worker_group import GroupState, WorkerGroup, WorkerGroupFailure
 
@@ -179,14 +179,14 @@ class EngineLoop:
                     break
                 except QueueFullError as full:
                     if full.policy != "block" or non_blocking:
-                        raise SubmitRejected(*status_of_refusal(full)) from None
+                        raise SubmitRejected.of(full) from None
                     queue_deadline = queue_deadline or self._queue_deadline(queue_timeout_ms)
                 await self._wait_for_room(deadline, queue_deadline)
         except BaseException as err:
             if self._streams.get(spec.request_id) is stream:
                 del self._streams[spec.request_id]
             if isinstance(err, RequestRefused):
-                raise SubmitRejected(*status_of_refusal(err)) from None
+                raise SubmitRejected.of(err) from None
             raise
         if self._telemetry is not None:
             self._telemetry.request_queued(spec)

@@ -59,15 +59,18 @@ def spec_from_submit(
     itself is malformed; what it asks for is check_request's to judge."""
     if not request.HasField("sampling"):
         raise InvalidRequestError(
-            "sampling is missing: set at least sampling.max_tokens (>= 1) and sampling.n (>= 1)"
+            "sampling is missing: set at least sampling.max_tokens (>= 1) and sampling.n (>= 1)", "sampling"
         )
     if request.priority_class not in _PRIORITY_CLASS:
         allowed = ", ".join(common_pb2.PriorityClass.keys())
-        raise InvalidRequestError(f"priority_class {request.priority_class} is unknown: use one of {allowed}")
+        raise InvalidRequestError(
+            f"priority_class {request.priority_class} is unknown: use one of {allowed}", "priority_class"
+        )
     if request.deadline_unix_ms:
         raise InvalidRequestError(
             "deadline_unix_ms is no longer read (a wall-clock instant breaks with clock skew between "
-            "hosts): leave it 0 and set the gRPC deadline (timeout) of the Submit call instead"
+            "hosts): leave it 0 and set the gRPC deadline (timeout) of the Submit call instead",
+            "deadline_unix_ms",
         )
     return RequestSpec(
         request_id=request.request_id,

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from infermesh.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from infermesh_shared.field_violation import field_violation_metadata
 
 from infermesh_scheduler.core import migration
 from infermesh_scheduler.core.errors import InvalidRequestError
@@ -21,7 +22,6 @@ from infermesh_scheduler.request_codec import response_from_output, spec_from_su
 from infermesh_scheduler.request_stream import StreamError, StreamMoved
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
 from infermesh_scheduler.serving_health import ServingHealth
-from infermesh_scheduler.status_table import status_of_refusal
 from infermesh_scheduler.submit_rejected import SubmitRejected
 from infermesh_scheduler.worker_group import GroupFull, NameTaken, WorkerGroup
 
@@ -72,7 +72,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 # Before the request waits for the worker group or for queue room.
                 check_request(spec, self._limits)
             except InvalidRequestError as invalid:
-                raise SubmitRejected(*status_of_refusal(invalid)) from None
+                raise SubmitRejected.of(invalid) from None
             # The request's deadline is this call's gRPC deadline: time left, not a wall-clock
             # instant from another host's clock.
             timeout_s = context.time_remaining()
@@ -92,7 +92,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             )
             if self._telemetry is not None:
                 self._telemetry.request_rejected(rejected.code)
-            await context.abort(rejected.code, rejected.message)
+            await context.abort(
+                rejected.code,
+                rejected.message,
+                field_violation_metadata(rejected.code, rejected.message, rejected.field),
+            )
             return
         if self._migrations is not None:
             self._migrations.submits[request.request_id] = request

@@ -57,7 +57,7 @@ def _sampling(s) -> SamplingSpec:
         min_p=s.min_p,
         seed=s.seed if s.HasField("seed") else None,
         logprobs=s.logprobs,
-        top_logprobs=min(s.top_logprobs, 20) if s.logprobs > 0 else 0,
+        top_logprobs=s.top_logprobs if s.logprobs > 0 else 0,  # its range: plan_state's check
         presence_penalty=s.presence_penalty,
         frequency_penalty=s.frequency_penalty,
         repetition_penalty=s.repetition_penalty or 1.0,  # 0: from a frontend that predates the field

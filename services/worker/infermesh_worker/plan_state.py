@@ -2,13 +2,18 @@
 applies its deltas. Pure Python (no torch, no protobuf), so every rule is testable on its own.
 
 A bad plan is refused before anything changes, so state stays consistent, and every rank receiving
-the same plan refuses it identically without entering a collective.
+the same plan refuses it identically without entering a collective. The checks guard this rank's
+memory and tensors (block ids, token ids, lengths, the sampler's value ranges, which are the
+scheduler's too: infermesh_shared.sampling_rules); what a request may ask for is the scheduler's
+to judge (request_check.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from infermesh_shared.sampling_rules import sampling_violation
 
 from infermesh_worker.errors import FailedPreconditionError, InvalidArgumentError
 from infermesh_worker.sequence_state import SequenceState
@@ -149,21 +154,16 @@ def _check_new(new: NewSequence, limits: PlanLimits) -> None:
         raise InvalidArgumentError(
             f"sequence {new.seq_id} has token id {bad[0]} >= vocab_size {limits.vocab_size}"
         )
-    s = new.sampling
-    if s.temperature < 0 or not 0 <= s.top_p <= 1 or not 0 <= s.min_p <= 1 or s.top_k < 0:
+    violation = sampling_violation(new.sampling)
+    if violation is not None:
         raise InvalidArgumentError(
-            f"sequence {new.seq_id} has out-of-range sampling parameters "
-            f"(temperature={s.temperature}, top_p={s.top_p}, top_k={s.top_k}, min_p={s.min_p})"
+            f"sequence {new.seq_id} has out-of-range sampling parameters: {violation[1]}"
         )
-    bad_bias = [token for token, _ in s.logit_bias if token >= limits.vocab_size]
+    bad_bias = [token for token, _ in new.sampling.logit_bias if token >= limits.vocab_size]
     if bad_bias:
         raise InvalidArgumentError(
             f"sequence {new.seq_id} has logit_bias for token id {bad_bias[0]} "
             f">= vocab_size {limits.vocab_size}"
-        )
-    if s.repetition_penalty <= 0:
-        raise InvalidArgumentError(
-            f"sequence {new.seq_id} has repetition_penalty {s.repetition_penalty} <= 0"
         )
 
 

@@ -28,27 +28,6 @@ _ERROR_TYPE = {
 }
 
 
-# The scheduler answers INVALID_ARGUMENT with a message only; the field each of its refusals is
-# about, first match wins (the request field names are the OpenAI ones).
-_MESSAGE_PARAMS = (
-    ("max_model_len", "max_tokens"),
-    ("max_tokens", "max_tokens"),
-    ("enable_cow", "n"),
-    ("n must", "n"),
-    ("vocabulary", "prompt"),
-    ("vocab_size", "prompt"),
-    ("prompt", "prompt"),
-    ("priority", "priority"),
-    ("stop_token_ids", "stop_token_ids"),
-    ("logit_bias", "logit_bias"),
-    ("seed", "seed"),
-)
-
-
-def _param_in_message(message: str) -> str | None:
-    return next((param for fragment, param in _MESSAGE_PARAMS if fragment in message), None)
-
-
 class ApiError(Exception):
     """Ends an HTTP request with `status` and an OpenAI error body."""
 
@@ -61,10 +40,7 @@ class ApiError(Exception):
 
     @classmethod
     def from_grpc(cls, code: grpc.StatusCode, message: str, param: str | None = None) -> ApiError:
-        """The HTTP form of a request that failed with gRPC status `code`; a refusal that does not
-        name its field (the scheduler's) gets the field its message is about."""
-        if param is None and code == grpc.StatusCode.INVALID_ARGUMENT:
-            param = _param_in_message(message)
+        """The HTTP form of a request that failed with gRPC status `code`, naming `param`."""
         return cls(_HTTP_STATUS.get(code, 500), message, param=param, code=code.name.lower())
 
     def headers(self) -> dict[str, str]:

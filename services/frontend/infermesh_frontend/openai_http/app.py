@@ -214,13 +214,24 @@ class OpenAIApi:
         salted = parsed.generate_input
         apply_queue_timeout_header(request.headers, salted)
         salted.cache_salt = tenant_cache_salt(request_tenant(request), salted.cache_salt)
-        if not parsed.stream:
-            done = await self._runner.complete(salted, operation)
-            outputs = best_of(done.outputs, parsed.requested_n) if parsed.best_of else done.outputs
-            return web.json_response(shape.response(outputs, done.usage, parsed.logprobs, parsed.echo_text))
-        deltas = self._runner.run(salted, stream=True, operation=operation)
-        async with contextlib.aclosing(deltas):
-            return await _stream(request, parsed, shape, deltas, self._prompt_tokens(parsed))
+        try:
+            if not parsed.stream:
+                done = await self._runner.complete(salted, operation)
+                outputs = best_of(done.outputs, parsed.requested_n) if parsed.best_of else done.outputs
+                return web.json_response(
+                    shape.response(outputs, done.usage, parsed.logprobs, parsed.echo_text)
+                )
+            deltas = self._runner.run(salted, stream=True, operation=operation)
+            async with contextlib.aclosing(deltas):
+                return await _stream(request, parsed, shape, deltas, self._prompt_tokens(parsed))
+        except RequestError as error:
+            raise _api_error(error, parsed) from None
+
+
+def _api_error(error: RequestError, parsed: ParsedRequest) -> ApiError:
+    """The HTTP form of a failed request, naming the field as the client's body did."""
+    param = parsed.param_names.get(error.param, error.param) if error.param else None
+    return ApiError.from_grpc(error.code, error.message, param)
 
 
 async def _stream(
@@ -275,7 +286,7 @@ async def _stream(
                 await send(chunk([shape.delta_choice(delta, parsed.logprobs)]))
             delta = await anext(deltas, None)
     except RequestError as error:
-        await send(ApiError.from_grpc(error.code, error.message, error.param).body())
+        await send(_api_error(error, parsed).body())
     else:
         if parsed.include_usage and usage is not None:
             await send(shape.chunk([], usage, with_usage=True))

@@ -35,6 +35,9 @@ class ParsedRequest:
     best_of: int = 0
     # The n the client asked for (sampling.n is best_of while ranking).
     requested_n: int = 1
+    # The body's name for a GenerateInput field it sets under another one, so a refusal naming
+    # the field (RequestError.param) names what the client sent.
+    param_names: dict[str, str] = field(default_factory=dict)
     # Chat only: the conversation, rendered into the prompt by the chat template.
     messages: list[dict[str, Any]] = field(default_factory=list)
     chat_template: str | None = None
@@ -63,8 +66,6 @@ def _optional(body: dict[str, Any], name: str, kind: str) -> Any:
     return value
 
 
-# Alternatives per token (vLLM's default max_logprobs, OpenAI's top_logprobs limit).
-MAX_TOP_LOGPROBS = 20
 _INT32_MAX = 2**31 - 1
 _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
@@ -81,6 +82,14 @@ def _non_negative_int(body: dict[str, Any], name: str) -> int | None:
     value = _optional(body, name, "int")
     if value is not None and value < 0:
         raise invalid(f"{name} must be >= 0, got {value}", name)
+    return value
+
+
+def _uint32(body: dict[str, Any], name: str) -> int | None:
+    """body[name] as its protobuf field carries it (uint32); its meaning is the scheduler's to judge."""
+    value = _optional(body, name, "int")
+    if value is not None and not 0 <= value <= _UINT32_MAX:
+        raise invalid(f"{name} must be a whole number from 0 to {_UINT32_MAX}, got {value}", name)
     return value
 
 
@@ -129,7 +138,8 @@ def _sampling(
     body: dict[str, Any], max_tokens_field: str = "max_tokens"
 ) -> frontend_pb2.ClientSamplingParams:
     params = frontend_pb2.ClientSamplingParams(stop=_stop_strings(body))
-    # Range checks are the shared ones (resolve_sampling_params); here only types and signs.
+    # The values' ranges are the scheduler's (check_request, which names the field at fault); here
+    # only types and what the protobuf fields can carry.
     for name in ("temperature", "top_p", "min_p"):
         value = _optional(body, name, "number")
         if value is not None:
@@ -139,16 +149,12 @@ def _sampling(
         if top_k == -1:
             top_k = 0  # vLLM's spelling of "off"
         params.top_k = _at_most("top_k", top_k, _INT32_MAX)
-    max_tokens = _optional(body, max_tokens_field, "int")
+    max_tokens = _uint32(body, max_tokens_field)
     if max_tokens is not None:
-        if max_tokens < 1:
-            raise invalid(f"{max_tokens_field} must be >= 1, got {max_tokens}", max_tokens_field)
-        params.max_tokens = _at_most(max_tokens_field, max_tokens, _UINT32_MAX)
-    n = _optional(body, "n", "int")
+        params.max_tokens = max_tokens
+    n = _uint32(body, "n")
     if n is not None:
-        if n < 1:
-            raise invalid(f"n (number of completions) must be >= 1, got {n}", "n")
-        params.n = _at_most("n", n, _UINT32_MAX)
+        params.n = n
     seed = _non_negative_int(body, "seed")
     if seed is not None:
         params.seed = _at_most("seed", seed, _UINT64_MAX)
@@ -257,9 +263,7 @@ def parse_completion_request(body: Any) -> ParsedRequest:
     _refuse_unsupported(body)
     if _optional(body, "suffix", "str"):
         raise invalid("suffix is not supported by this server; leave it out", "suffix")
-    logprobs = _non_negative_int(body, "logprobs")
-    if logprobs is not None and logprobs > MAX_TOP_LOGPROBS:
-        raise invalid(f"logprobs must be <= {MAX_TOP_LOGPROBS}, got {logprobs}", "logprobs")
+    logprobs = _uint32(body, "logprobs")
     echo = bool(_optional(body, "echo", "bool"))
     if echo and logprobs is not None:
         raise invalid(
@@ -292,6 +296,7 @@ def parse_completion_request(body: Any) -> ParsedRequest:
         echo_text=generate_input.text if echo and generate_input.WhichOneof("prompt") == "text" else "",
         best_of=best_of if ranked else 0,
         requested_n=n,
+        param_names={"top_logprobs": "logprobs"},
     )
 
 
@@ -368,11 +373,9 @@ def parse_chat_request(body: Any) -> ParsedRequest:
     limit_field = "max_tokens" if body.get("max_completion_tokens") is None else "max_completion_tokens"
     sampling = _sampling(body, limit_field)
     logprobs = bool(_optional(body, "logprobs", "bool"))
-    top_logprobs = _non_negative_int(body, "top_logprobs") or 0
+    top_logprobs = _uint32(body, "top_logprobs") or 0
     if top_logprobs and not logprobs:
         raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
-    if top_logprobs > MAX_TOP_LOGPROBS:
-        raise invalid(f"top_logprobs must be <= {MAX_TOP_LOGPROBS}, got {top_logprobs}", "top_logprobs")
     sampling.logprobs = 1 if logprobs else 0
     sampling.top_logprobs = top_logprobs
     stream, include_usage, continuous = _stream_flags(body)
@@ -393,4 +396,5 @@ def parse_chat_request(body: Any) -> ParsedRequest:
         chat_template=_optional(body, "chat_template", "str"),
         chat_template_kwargs=dict(kwargs),
         add_generation_prompt=True if add_generation_prompt is None else add_generation_prompt,
+        param_names={"prompt": "messages", "max_tokens": limit_field},
     )

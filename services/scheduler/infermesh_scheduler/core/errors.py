@@ -24,6 +24,8 @@ class RequestRefused(Exception):
     """add_request() refused the request; `reason` says why, `message` what to change."""
 
     reason: Refusal
+    # The SubmitRequest field at fault (a path such as "sampling.max_tokens"), when one is.
+    field: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -44,3 +46,7 @@ class InvalidRequestError(RequestRefused, ValueError):
     """A request the scheduler can never serve as asked."""
 
     reason = Refusal.INVALID
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field

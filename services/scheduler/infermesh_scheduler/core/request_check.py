@@ -3,15 +3,18 @@
 Pure (no gRPC, no scheduler state): the scheduler's servicer calls check_request before a request
 waits for the worker group or for queue room, and the core's admission calls it again (with the
 sized pool) so the core never holds an unchecked request; tests and the simulator drive the core
-directly. (The frontend's sampling_params.py and the worker's plan_state.py still repeat some of
-these ranges; they are to go, leaving the frontend what needs text.) Only a rule that needs
-the live request table (a duplicate request id) is checked elsewhere (RequestTable.check_new)."""
+directly. The ranges of the sampler's values are infermesh_shared.sampling_rules, which the worker
+checks too; the frontend checks only what needs text or the shape of its own API. Only a rule
+that needs the live request table (a duplicate request id) is checked elsewhere
+(RequestTable.check_new). Every refusal names its SubmitRequest field (InvalidRequestError.field),
+which the servicer sends as data beside the message."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from infermesh_shared.sampling_rules import sampling_violation
 
 from infermesh_scheduler.core.config import SchedulerCoreConfig
 from infermesh_scheduler.core.errors import InvalidRequestError
@@ -51,93 +54,79 @@ class RequestLimits:
 
 
 def check_request(spec: RequestSpec, limits: RequestLimits) -> None:
-    """Raises InvalidRequestError naming the first rule `spec` breaks and how to fix it."""
+    """Raises InvalidRequestError naming the first rule `spec` breaks, how to fix it, and the
+    SubmitRequest field it is about."""
     if not spec.request_id:
-        raise InvalidRequestError("request_id is empty: give each request a unique id (it is used by Abort)")
+        raise InvalidRequestError(
+            "request_id is empty: give each request a unique id (it is used by Abort)", "request_id"
+        )
     prompt = spec.prompt_token_ids
     if not prompt:
-        raise InvalidRequestError("prompt_token_ids is empty: a request needs at least one prompt token")
+        raise InvalidRequestError(
+            "prompt_token_ids is empty: a request needs at least one prompt token", "prompt_token_ids"
+        )
     s = spec.sampling
     _check_sampling(s)
-    for ids, what in (
-        (prompt, "prompt"),
-        (spec.resumed_output_token_ids, "resumed output"),
-        (s.stop_token_ids, "stop"),
-        ([token for token, _ in s.logit_bias], "logit_bias"),
+    for ids, what, field in (
+        (prompt, "prompt", "prompt_token_ids"),
+        (spec.resumed_output_token_ids, "resumed output", "resumed_output_token_ids"),
+        (s.stop_token_ids, "stop", "sampling.stop_token_ids"),
+        ([token for token, _ in s.logit_bias], "logit_bias", "sampling.logit_bias"),
     ):
-        _check_token_ids(ids, what, limits.vocab_size)
+        _check_token_ids(ids, what, field, limits.vocab_size)
     total = len(prompt) + s.max_tokens
     if total > limits.max_model_len:
         raise InvalidRequestError(
             f"prompt ({len(prompt)} tokens) + max_tokens ({s.max_tokens}) = {total} tokens exceeds the "
-            f"model's max_model_len of {limits.max_model_len} tokens; shorten the prompt or lower max_tokens"
+            f"model's max_model_len of {limits.max_model_len} tokens; shorten the prompt or lower max_tokens",
+            "sampling.max_tokens",
         )
     resumed = len(spec.resumed_output_token_ids)
     if resumed and resumed >= s.max_tokens:
         raise InvalidRequestError(
             f"resumed_output_token_ids has {resumed} tokens, which already reach max_tokens "
-            f"({s.max_tokens}): nothing is left to generate"
+            f"({s.max_tokens}): nothing is left to generate",
+            "resumed_output_token_ids",
         )
     if resumed and s.n > 1:
         raise InvalidRequestError(
-            "resumed_output_token_ids needs n == 1: a resumed request has one completion"
+            "resumed_output_token_ids needs n == 1: a resumed request has one completion",
+            "resumed_output_token_ids",
         )
     if s.n > 1 and not limits.enable_cow:
         raise InvalidRequestError(
             f"n={s.n} needs completions to share the prompt's KV blocks copy-on-write; "
-            "start the scheduler with enable_cow=true or send n=1"
+            "start the scheduler with enable_cow=true or send n=1",
+            "sampling.n",
         )
     if limits.num_blocks:
         _check_fits_the_pool(len(prompt), s, limits)
 
 
 def _check_sampling(s: SamplingOptions) -> None:
-    for name, value in (("temperature", s.temperature), ("top_p", s.top_p), ("min_p", s.min_p)):
-        if not math.isfinite(value):
-            raise InvalidRequestError(f"{name} must be a finite number, got {value}")
     if s.max_tokens < 1:
-        raise InvalidRequestError(f"max_tokens must be >= 1, got {s.max_tokens}")
-    if s.temperature < 0:
-        raise InvalidRequestError(f"temperature must be >= 0 (0 means greedy), got {s.temperature}")
-    if not 0 < s.top_p <= 1:
-        raise InvalidRequestError(f"top_p must be in (0, 1] (1 disables it), got {s.top_p}")
-    if s.top_k < 0:
-        raise InvalidRequestError(f"top_k must be >= 0 (0 disables it), got {s.top_k}")
-    if not 0 <= s.min_p <= 1:
-        raise InvalidRequestError(f"min_p must be in [0, 1] (0 disables it), got {s.min_p}")
+        raise InvalidRequestError(f"max_tokens must be >= 1, got {s.max_tokens}", "sampling.max_tokens")
     if s.n < 1:
-        raise InvalidRequestError(f"n (number of completions) must be >= 1, got {s.n}")
-    if s.logprobs < 0:
-        raise InvalidRequestError(f"logprobs must be >= 0, got {s.logprobs}")
-    _check_adjustments(s)
-
-
-def _check_adjustments(s: SamplingOptions) -> None:
-    # vLLM's ranges for the OpenAI sampling extras.
-    for name, value in (("presence_penalty", s.presence_penalty), ("frequency_penalty", s.frequency_penalty)):
-        if not (math.isfinite(value) and -2 <= value <= 2):
-            raise InvalidRequestError(f"{name} must be in [-2, 2], got {value}")
-    if not (math.isfinite(s.repetition_penalty) and 0 < s.repetition_penalty <= 2):
-        raise InvalidRequestError(
-            f"repetition_penalty must be in (0, 2] (1 disables it), got {s.repetition_penalty}"
-        )
-    for token, bias in s.logit_bias:
-        if not (math.isfinite(bias) and -100 <= bias <= 100):
-            raise InvalidRequestError(f"logit_bias[{token}] must be in [-100, 100], got {bias}")
-    if s.top_logprobs > 20:
-        raise InvalidRequestError(f"top_logprobs must be <= 20, got {s.top_logprobs}")
+        raise InvalidRequestError(f"n (number of completions) must be >= 1, got {s.n}", "sampling.n")
+    violation = sampling_violation(s)
+    if violation is not None:
+        field, message = violation
+        raise InvalidRequestError(message, f"sampling.{field}")
     if s.min_tokens > s.max_tokens:
-        raise InvalidRequestError(f"min_tokens ({s.min_tokens}) must be <= max_tokens ({s.max_tokens})")
+        raise InvalidRequestError(
+            f"min_tokens ({s.min_tokens}) must be <= max_tokens ({s.max_tokens})", "sampling.min_tokens"
+        )
 
 
-def _check_token_ids(ids: Sequence[int], what: str, vocab_size: int) -> None:
+def _check_token_ids(ids: Sequence[int], what: str, field: str, vocab_size: int) -> None:
     if not ids or (min(ids) >= 0 and not (vocab_size and max(ids) >= vocab_size)):
         return  # the common case, at C speed
     for position, token in enumerate(ids):
         if token < 0 or (vocab_size and token >= vocab_size):
             raise InvalidRequestError(
                 f"{what} token id {token} at position {position} is outside the vocabulary: "
-                f"the model's vocab_size is {vocab_size}, so ids must be in [0, {vocab_size})"
+                f"the model's vocab_size is {vocab_size}, so ids must be in [0, {vocab_size})",
+                field,
             )
 
 
@@ -154,5 +143,6 @@ def _check_fits_the_pool(prompt_len: int, s: SamplingOptions, limits: RequestLim
     if need > room:
         raise InvalidRequestError(
             f"prompt + max_tokens (x n={s.n}) need up to {need} KV blocks of {bs} tokens but only "
-            f"{room} can ever be given to one request; lower max_tokens or n"
+            f"{room} can ever be given to one request; lower max_tokens or n",
+            "sampling.max_tokens",
         )

@@ -41,7 +41,9 @@ class RequestTable:
     # ------------------------------------------------------------------ admission
     def check_new(self, spec: RequestSpec) -> None:
         if spec.request_id in self.requests:
-            raise InvalidRequestError(f"request_id {spec.request_id!r} is already in use by a live request")
+            raise InvalidRequestError(
+                f"request_id {spec.request_id!r} is already in use by a live request", "request_id"
+            )
         check_request(spec, RequestLimits.of(self._cfg))
 
     def overflow_victim(
