@@ -100,7 +100,7 @@ def test_the_option_travels_from_the_scheduler_config_to_the_workers_model(windo
     windowed, _ = windowed_and_full
     cfg = config_from_options("scheduler", model_path=str(windowed), disable_sliding_window=disable)
     assert cfg.model_config.disable_sliding_window is disable
-    group = WorkerGroup(cfg, TlsFiles(), on_ready=lambda blocks, cpu_blocks: None, on_change=lambda: None)
+    group = WorkerGroup(cfg, TlsFiles(), on_state=lambda event: None)
     request = group._load_request(0, "", "gloo")
     assert request.disable_sliding_window is disable
     servicer = WorkerServicer(ModelRunner(torch.device("cpu"), kv_cache_memory_bytes=1 << 22))

@@ -28,20 +28,19 @@ from infermesh_scheduler.core.errors import QueueFullError, RequestRefused
 from infermesh_scheduler.core.request import RequestOutput, RequestSpec
 from infermesh_scheduler.core.scheduler import Scheduler
 from infermesh_scheduler.core.step_plan import StepPlan
+from infermesh_scheduler.group_state import GroupEvent, GroupState
 from infermesh_scheduler.plan_codec import plan_to_proto, tokens_from_proto
 from infermesh_scheduler.request_stream import RequestStream
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
 from infermesh_scheduler.status_table import status_of_end
 from infermesh_scheduler.submit_rejected import SubmitRejected
-from infermesh_scheduler.worker_group import GroupState, WorkerGroup, WorkerGroupFailure
+from infermesh_scheduler.worker_group import WorkerGroup, WorkerGroupFailure
 
 logger = logging.getLogger(__name__)
 
 # While requests wait for the group to come back, deadlines are still checked this often (s).
 _DEADLINE_POLL_S = 0.05
 SHUTTING_DOWN = "the scheduler is shutting down; retry on another replica"
-# Group states in which requests are refused and live ones end with UNAVAILABLE.
-_REFUSING = (GroupState.DOWN, GroupState.MISCONFIGURED)
 # Live requests end with INTERNAL after this many consecutive steps failed on the worker group.
 _MAX_FAILED_STEPS_IN_A_ROW = 3
 # Pause after an unexpected engine loop error (s).
@@ -89,7 +88,8 @@ class EngineLoop:
         self._room = asyncio.Event()
         self._room_waiters = 0
         self._last_load_report = 0.0
-        self._resets_seen = 0
+        # The group lost its KV state since the core's worker state was last reset.
+        self._worker_state_lost = False
         self._failed_steps_in_a_row = 0
         self._task: asyncio.Task[None] | None = None
         self._in_flight: deque[_PlanInFlight] = deque()
@@ -98,17 +98,17 @@ class EngineLoop:
         self.max_plans_in_flight = 0
 
     # ----- wiring with the worker group -------------------------------------------------
-    def on_group_ready(self, num_blocks: int, num_cpu_blocks: int) -> None:
-        """Called by the worker group when it is whole and its KV cache is allocated."""
-        if self._scheduler is None:
+    def on_group_state(self, event: GroupEvent) -> None:
+        """Called by the worker group on every change of its state."""
+        if event.state is GroupState.READY and self._scheduler is None:
+            # Whole for the first time, its KV cache allocated: the core is sized from it.
+            num_blocks, num_cpu_blocks = self._group.num_blocks, self._group.num_cpu_blocks
             self._scheduler = self._scheduler_factory(num_blocks, num_cpu_blocks)
             self._scheduler_ready.set()
             logger.info("core scheduler built: %d KV blocks, %d CPU blocks", num_blocks, num_cpu_blocks)
-        self._wake.set()
-
-    def on_group_changed(self) -> None:
-        """Called by the worker group on any state change (broken, down, ready)."""
-        if self._scheduler is None and self._group.state in _REFUSING:
+        if event.lost_kv:
+            self._worker_state_lost = True  # the core's worker state is reset between steps
+        if self._scheduler is None and event.state.refuses_requests:
             self._scheduler_ready.set()  # wakes submits waiting for a group that will not form
         self._wake.set()
         self._on_load_change()
@@ -168,7 +168,7 @@ class EngineLoop:
         try:
             scheduler = await self._wait_for_scheduler(deadline)
             while True:
-                if self._group.state in _REFUSING:
+                if self._group.state.refuses_requests:
                     raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
                 if self._streams.get(spec.request_id) is not stream:
                     raise SubmitRejected(
@@ -238,7 +238,7 @@ class EngineLoop:
     async def _wait_for_scheduler(self, deadline: float | None) -> Scheduler:
         if self._scheduler is not None:
             return self._scheduler
-        if self._group.state in _REFUSING:
+        if self._group.state.refuses_requests:
             raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
         timeout = self._settings.group_recovery_timeout_ms / 1000
         deadline_first = deadline is not None and deadline - time.monotonic() < timeout
@@ -329,12 +329,12 @@ class EngineLoop:
         scheduler = self._scheduler
         if scheduler is None:
             return
-        if self._group.failures != self._resets_seen:
-            self._resets_seen = self._group.failures
+        if self._worker_state_lost:
+            self._worker_state_lost = False
             self._void_in_flight()
             scheduler.reset_worker_state()
             logger.warning("worker group lost its KV cache: every live sequence will be recomputed")
-        if self._group.state in _REFUSING and self._streams:
+        if self._group.state.refuses_requests and self._streams:
             self._fail_all(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
         expired = scheduler.expire_deadlines()
         if expired:
@@ -429,7 +429,7 @@ class EngineLoop:
             logger.warning("step %d not run: %s", plan.step_id, failure)
             self._void_in_flight()
             scheduler.reset_worker_state()
-            self._resets_seen = self._group.failures
+            self._worker_state_lost = False
             self._failed_steps_in_a_row += 1
             if self._failed_steps_in_a_row >= _MAX_FAILED_STEPS_IN_A_ROW:
                 # The same work keeps failing (a worker error, not a lost worker): end it rather

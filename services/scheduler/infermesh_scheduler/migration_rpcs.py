@@ -24,9 +24,10 @@ from infermesh_shared.peer_roles import SCHEDULER
 from infermesh_scheduler.core import migration
 from infermesh_scheduler.core.migration import MigratedRequest, MigrationRefused
 from infermesh_scheduler.engine_loop import EngineLoop
+from infermesh_scheduler.group_state import GroupState
 from infermesh_scheduler.request_codec import spec_from_submit
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
-from infermesh_scheduler.worker_group import GroupState, WorkerGroup
+from infermesh_scheduler.worker_group import WorkerGroup
 
 logger = logging.getLogger(__name__)
 

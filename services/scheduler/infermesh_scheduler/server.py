@@ -80,8 +80,7 @@ async def serve(cfg: SchedulerConfig, metadata: ModelMetadata, stop: asyncio.Eve
     group = WorkerGroup(
         cfg,
         tls,
-        on_ready=lambda num_blocks, num_cpu_blocks: engine.on_group_ready(num_blocks, num_cpu_blocks),
-        on_change=lambda: engine.on_group_changed(),
+        on_state=lambda event: engine.on_group_state(event),
         check_pool=check_pool,
     )
     server = aio_server(

@@ -18,7 +18,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,6 +27,7 @@ from infermesh_shared.grpc_transport import TlsFiles, open_aio_channel
 from infermesh_shared.peer_roles import WORKER
 from infermesh_shared.telemetry import aio_client_interceptors
 
+from infermesh_scheduler.group_state import GroupEvent, GroupState
 from infermesh_scheduler.group_tracing import forming_span
 
 logger = logging.getLogger(__name__)
@@ -56,17 +56,6 @@ _REFUSALS = frozenset(
 )
 # Pause before forming again after a transient failure (s).
 _REFORM_BACKOFF_S = 0.5
-
-
-class GroupState(Enum):
-    """Where the worker group is in its life."""
-
-    WAITING_FOR_WORKERS = "waiting_for_workers"  # never formed yet
-    FORMING = "forming"
-    READY = "ready"
-    RECOVERING = "recovering"  # a member failed; waiting (group_recovery_timeout_ms) for it to be whole
-    DOWN = "down"  # recovery timed out; requests are refused until the group is whole again
-    MISCONFIGURED = "misconfigured"  # the workers cannot hold what the config asks for
 
 
 class GroupFull(Exception):
@@ -118,24 +107,21 @@ class WorkerGroup:
         self,
         settings: SchedulerConfig,
         tls: TlsFiles,
-        on_ready: Callable[[int, int], None],
-        on_change: Callable[[], None],
+        on_state: Callable[[GroupEvent], None],
         check_pool: Callable[[int], str] = lambda num_blocks: "",
     ) -> None:
         self._settings = settings
         # The scheduler's certificate toward its workers (plaintext when not enabled).
         self._tls = tls
         self._world_size = settings.tp_size * settings.pp_size
-        self._on_ready = on_ready
+        # Told every change of state (the engine loop reacts: builds or resets the core, fails requests).
+        self._on_state = on_state
         # Says why a pool of that many blocks cannot serve this config ("" when it can).
         self._check_pool = check_pool
-        self._on_change = on_change
         self._workers: dict[str, WorkerHandle] = {}  # registration order = preference for membership
         self._members: list[WorkerHandle] = []  # rank order while FORMING/READY
         self._next_id = 0
         self.state = GroupState.WAITING_FOR_WORKERS
-        # Number of times the group lost its members' KV state; the engine resets the core on change.
-        self.failures = 0
         # step_id of the last pipelined plan sent to the current formation (0: none since it formed).
         self._last_sent_step = 0
         self.num_blocks = 0
@@ -287,12 +273,11 @@ class WorkerGroup:
         except Exception:  # a bug here must not leave the group FORMING for ever
             logger.exception("forming the worker group failed unexpectedly; waiting for workers again")
             self._members = []
-            self.state = previous
-            self._on_change()
+            self._set_state(previous, "forming failed unexpectedly")
 
     async def _form_from(self, previous: GroupState) -> None:
         s = self._settings
-        self.state = GroupState.FORMING
+        self._set_state(GroupState.FORMING, f"forming the worker group of {self._world_size} workers")
         members = list(self._workers.values())[: self._world_size]
         self._members = members
         init_method = (
@@ -342,22 +327,19 @@ class WorkerGroup:
             return
         self.num_blocks = num_blocks
         self._last_sent_step = 0  # every member was Reset or loaded afresh: a new chain of plans
-        self.state = GroupState.READY
         self.last_ok = time.monotonic()
         if self._recovery_task is not None:
             self._recovery_task.cancel()
             self._recovery_task = None
-        logger.info(
-            "worker group ready: %d KV blocks per worker, %d CPU blocks", num_blocks, self.num_cpu_blocks
+        self._set_state(
+            GroupState.READY,
+            f"worker group ready: {num_blocks} KV blocks per worker, {self.num_cpu_blocks} CPU blocks",
         )
-        self._on_ready(num_blocks, self.num_cpu_blocks)
-        self._on_change()
 
     async def _after_failed_form(self, previous: GroupState, err: _MemberCallError) -> None:
         """Drops dead members; a live member that refused the model makes the group MISCONFIGURED."""
-        logger.error("forming the worker group failed: %s", err)
         self._members = []
-        self.state = previous
+        self._set_state(previous, f"forming the worker group failed: {err}")
         refused = [
             (m, e) for m, e in err.failures if isinstance(e, grpc.aio.AioRpcError) and e.code() in _REFUSALS
         ]
@@ -366,12 +348,10 @@ class WorkerGroup:
         if refused:
             m, e = refused[0]
             self._misconfigured_reason = f"worker {m.name} refused to load the model: {e.details()}"
-            self.state = GroupState.MISCONFIGURED
-            logger.error("refusing to serve: %s", self._misconfigured_reason)
+            self._set_state(GroupState.MISCONFIGURED, f"refusing to serve: {self._misconfigured_reason}")
         else:
             # Transient (a peer vanished during the rendezvous, a timeout): retry, but not in a spin.
             await asyncio.sleep(_REFORM_BACKOFF_S)
-        self._on_change()
         self._maybe_form()
 
     def _load_request(self, rank: int, init_method: str, backend: str) -> worker_pb2.LoadModelRequest:
@@ -414,9 +394,7 @@ class WorkerGroup:
             reason = self._check_pool(wanted or smallest)
         if reason:
             self._misconfigured_reason = reason
-            self.state = GroupState.MISCONFIGURED
-            logger.error("refusing to serve: %s", reason)
-            self._on_change()
+            self._set_state(GroupState.MISCONFIGURED, f"refusing to serve: {reason}")
             return None
         return wanted or smallest
 
@@ -461,6 +439,17 @@ class WorkerGroup:
         self.last_ok = time.monotonic()
         return response
 
+    # ----- state --------------------------------------------------------------------------
+    def _set_state(self, new: GroupState, why: str) -> None:
+        """The one place the group's state changes: logged, and told to the engine loop."""
+        previous = self.state
+        if new is previous:
+            return
+        self.state = new
+        level = logging.INFO if new in (GroupState.FORMING, GroupState.READY) else logging.ERROR
+        logger.log(level, "%s [worker group %s -> %s]", why, previous.value, new.value)
+        self._on_state(GroupEvent(previous, new, why))
+
     # ----- failures -----------------------------------------------------------------------
     def report_failure(self, reason: str) -> None:
         """Treats the group as broken (its workers' sequence state can no longer be trusted)."""
@@ -469,14 +458,12 @@ class WorkerGroup:
     def _member_failed(self, reason: str) -> None:
         if self.state is not GroupState.READY:
             return
-        logger.error(
-            "worker group broken: %s; live requests will be recomputed when it is whole again", reason
-        )
-        self.state = GroupState.RECOVERING
-        self.failures += 1
         self._recovery_task = asyncio.create_task(self._recovery_deadline(), name="worker-group-recovery")
         self._probe_task = asyncio.create_task(self._probe_after_failure(), name="worker-group-probe")
-        self._on_change()
+        self._set_state(
+            GroupState.RECOVERING,
+            f"worker group broken: {reason}; live requests will be recomputed when it is whole again",
+        )
 
     async def _alive(self, worker: WorkerHandle) -> bool:
         try:
@@ -500,16 +487,13 @@ class WorkerGroup:
     async def _probe_after_failure(self) -> None:
         await self._drop_dead()
         self._probe_task = None
-        self._on_change()
         self._maybe_form()
 
     async def _recovery_deadline(self) -> None:
         await asyncio.sleep(self._settings.group_recovery_timeout_ms / 1000)
-        if self.state is not GroupState.READY and self.state is not GroupState.MISCONFIGURED:
-            self.state = GroupState.DOWN
-            logger.error("%s (waited group_recovery_timeout_ms)", self.down_message())
-        self._on_change()
         self._recovery_task = None
+        if self.state is not GroupState.READY and self.state is not GroupState.MISCONFIGURED:
+            self._set_state(GroupState.DOWN, f"{self.down_message()} (waited group_recovery_timeout_ms)")
 
     async def _poll_liveness(self) -> None:
         interval = self._settings.worker_timeout_ms / 1000 / 3
