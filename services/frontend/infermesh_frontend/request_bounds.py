@@ -4,41 +4,18 @@ seconds or megabytes on a request that is refused anyway."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import grpc
 from infermesh.v1 import frontend_pb2
+from infermesh_shared.config.typed import FrontendRequestConfig
 
 from infermesh_frontend.request_error import RequestError
-
-
-@dataclass(frozen=True, slots=True)
-class RequestBounds:
-    """The frontend's request-size options."""
-
-    max_n: int = 16
-    max_prompt_bytes: int = 1 << 20
-    max_stop_strings: int = 16
-    max_stop_string_bytes: int = 256
-    max_logprobs: int = 20
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> RequestBounds:
-        return cls(
-            max_n=cfg.max_n,
-            max_prompt_bytes=cfg.max_prompt_bytes,
-            max_stop_strings=cfg.max_stop_strings,
-            max_stop_string_bytes=cfg.max_stop_string_bytes,
-            max_logprobs=cfg.max_logprobs,
-        )
 
 
 def _refuse(message: str, param: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message, param)
 
 
-def check_request_bounds(request_input: frontend_pb2.GenerateInput, bounds: RequestBounds) -> None:
+def check_request_bounds(request_input: frontend_pb2.GenerateInput, bounds: FrontendRequestConfig) -> None:
     """Raises RequestError(INVALID_ARGUMENT) when the request is larger than the bounds allow, has
     no prompt, or has an empty stop string (what needs the text; the scheduler judges the rest)."""
     sampling = request_input.sampling

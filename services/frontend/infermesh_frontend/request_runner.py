@@ -26,7 +26,7 @@ from infermesh_frontend.drain import Drain
 from infermesh_frontend.generation import Generation, PreparedRequest
 from infermesh_frontend.generation_metrics import GenerationTimer
 from infermesh_frontend.model_info import ModelInfoSource
-from infermesh_frontend.request_bounds import RequestBounds, check_request_bounds
+from infermesh_frontend.request_bounds import check_request_bounds
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_tracing import RequestTrace
 from infermesh_frontend.sampling_params import SamplingDefaults, resolve_sampling_params
@@ -68,7 +68,6 @@ class RequestRunner:
         model_info: ModelInfoSource,
         limits: FrontendRequestConfig,
         failover_max_attempts: int,
-        bounds: RequestBounds,
         metrics: RequestMetrics | None = None,
         drain: Drain | None = None,
     ) -> None:
@@ -80,7 +79,8 @@ class RequestRunner:
         self._request_timeout_ms = limits.request_timeout_ms
         self._metrics = metrics
         self._failover_max_attempts = failover_max_attempts
-        self._bounds = bounds
+        # The request-size bounds (max_n, max_prompt_bytes, ...) are options of this section too.
+        self._bounds = limits
 
     def _served_model_name(self) -> str:
         cached = self.model_info.cached

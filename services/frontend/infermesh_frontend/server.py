@@ -28,7 +28,6 @@ from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.openai_http.app import OpenAIHttpServer
 from infermesh_frontend.openai_http.connection_guard import HttpLimits
 from infermesh_frontend.openai_http.served_models import ServedModels
-from infermesh_frontend.request_bounds import RequestBounds
 from infermesh_frontend.request_error import RequestError
 from infermesh_frontend.request_runner import RequestRunner
 from infermesh_frontend.rescheduling.lease import make_lease
@@ -100,7 +99,6 @@ class FrontendServer:
             cfg.request_config,
             failover_max_attempts=cfg.failover_max_attempts,
             metrics=self.metrics,
-            bounds=RequestBounds.from_config(cfg),
             drain=Drain(),
         )
         frontend_pb2_grpc.add_FrontendServiceServicer_to_server(

@@ -1,10 +1,13 @@
 """worker_pb2 <-> the worker's plain records, at the servicer: the only place the worker's step
-path sees protobuf."""
+path (and its model loading) sees protobuf."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from infermesh.v1 import common_pb2, worker_pb2
 
+from infermesh_worker.lifecycle import LoadSpec
 from infermesh_worker.step_plan import (
     NewSequence,
     RunningSequence,
@@ -13,6 +16,17 @@ from infermesh_worker.step_plan import (
     StepResult,
     ToldToken,
 )
+
+
+def decode_load_request(request: worker_pb2.LoadModelRequest) -> LoadSpec:
+    """The LoadSpec a LoadModel asks for: a number or string left at its proto zero value takes
+    LoadSpec's default (the defaults are written there only); a bool is taken as sent."""
+    sent = {}
+    for spec_field in dataclasses.fields(LoadSpec):
+        value = getattr(request, spec_field.name)
+        if value or isinstance(value, bool):
+            sent[spec_field.name] = value
+    return LoadSpec(**sent)
 
 
 def decode_plan(plan: worker_pb2.StepPlan) -> StepPlan:

@@ -18,8 +18,8 @@ from opentelemetry import trace
 from infermesh_worker import kv_transfer
 from infermesh_worker.errors import FailedPreconditionError, InvalidArgumentError, WorkerError
 from infermesh_worker.model_config import load_model_config
-from infermesh_worker.model_runner import LoadSpec, ModelRunner
-from infermesh_worker.plan_codec import decode_plan, encode_result
+from infermesh_worker.model_runner import ModelRunner
+from infermesh_worker.plan_codec import decode_load_request, decode_plan, encode_result
 from infermesh_worker.step_plan import StepPlan
 
 logger = logging.getLogger(__name__)
@@ -97,22 +97,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             )
 
     def LoadModel(self, request: worker_pb2.LoadModelRequest, context) -> worker_pb2.LoadModelResponse:
-        spec = LoadSpec(
-            model_path=request.model_path,
-            dtype=request.dtype or "fp32",
-            tp_size=request.tp_size or 1,
-            tp_rank=request.tp_rank,
-            pp_size=request.pp_size or 1,
-            pp_rank=request.pp_rank,
-            dist_init_method=request.dist_init_method,
-            dist_backend=request.dist_backend or "gloo",
-            block_size=request.block_size or 16,
-            max_model_len=request.max_model_len,
-            gpu_memory_utilization=request.gpu_memory_utilization or 0.9,
-            config_overrides_json=request.config_overrides_json,
-            enable_flash_attn=request.enable_flash_attn,
-            disable_sliding_window=request.disable_sliding_window,
-        )
+        spec = decode_load_request(request)
         logger.info(
             "loading %s (dtype=%s tp=%d/%d pp=%d/%d)",
             spec.model_path,
