@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import build_served_model
+from tests.e2e.up_cluster import up_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -47,44 +47,11 @@ def _alive(pid: int) -> bool:
 @contextmanager
 def running_up(tmp_path: Path) -> Iterator[RunningUp]:
     """`infermesh up` on the demo model in a fresh cache, until it announced its frontend."""
-    env = {**os.environ, "INFERMESH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    argv = [
-        "up",
-        "--port",
-        "0",
-        "--http-port",
-        "0",
-        "--log-dir",
-        str(tmp_path / "logs"),
-        "--worker-arg=--num-threads=1",
-    ]
-    up = subprocess.Popen(
-        [sys.executable, "-m", "infermesh_cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    try:
-        lines: list[str] = []
-        address = None
-        deadline = time.monotonic() + 240
-        assert up.stdout is not None
-        while address is None and time.monotonic() < deadline:
-            line = up.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            match = re.match(r"frontend listening on (\S+:\d+)$", line.strip())
-            address = match.group(1) if match else None
-        assert address, "".join(lines)
-        services = _children(up.pid)
+    cache = {"INFERMESH_CACHE": str(tmp_path / "cache")}
+    with up_cluster(tmp_path, "--http-port", "0", env=cache) as cluster:
+        services = _children(cluster.process.pid)
         assert len(services) == 3, f"expected scheduler, worker and frontend processes, got {services}"
-        yield RunningUp(up, address, services, env)
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait(10)
+        yield RunningUp(cluster.process, cluster.frontend_address, services, cluster.env)
 
 
 def _generate(running: RunningUp, *flags: str) -> str:

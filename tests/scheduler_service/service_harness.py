@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -76,6 +80,55 @@ def start_scheduler(model_dir: Path, *args: str) -> ServiceProcess:
     return process
 
 
+def run_scheduler_to_exit(model_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """A scheduler process on `model_dir` run until it exits by itself (a refused startup)."""
+    return subprocess.run(
+        [sys.executable, "-m", "infermesh_scheduler", "--model-path", str(model_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+
+
+def start_real_worker(
+    scheduler_address: str, name: str, *args: str, port: int = 0, wait: bool = True
+) -> ServiceProcess:
+    """A real infermesh_worker process (one CPU thread) on `port` (0: a free one), registering at
+    `scheduler_address`; with `wait`, returns once it printed its address (else at once, so
+    several start side by side)."""
+    process = ServiceProcess(
+        name="worker",
+        args=[
+            sys.executable,
+            "-m",
+            "infermesh_worker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--scheduler-address",
+            scheduler_address,
+            "--worker-name",
+            name,
+            "--device",
+            "cpu",
+            "--num-threads",
+            "1",
+            *args,
+        ],
+        env=_env(),
+    )
+    process.start()
+    try:
+        if wait:
+            process.wait_listening(60)
+    except BaseException:
+        process.kill()
+        raise
+    return process
+
+
 def start_fake_worker(scheduler_address: str, name: str, *args: str) -> ServiceProcess:
     """A fake worker process registered at `scheduler_address`."""
     process = ServiceProcess(
@@ -109,6 +162,52 @@ def assert_no_plan_errors(worker: ServiceProcess) -> None:
     """The fake worker found every plan consistent with the sequences it holds."""
     tail = worker.output_tail(200)
     assert "plan error" not in tail, tail
+
+
+@contextmanager
+def scheduler_with_fake_worker(
+    model_dir: Path, *scheduler_args: str, worker_args: tuple[str, ...] = ()
+) -> Iterator[tuple[ServiceProcess, scheduler_pb2_grpc.SchedulerServiceStub]]:
+    """A scheduler process served by one fake worker, and a stub to it; both stopped after."""
+    scheduler = start_scheduler(model_dir, *scheduler_args)
+    worker = None
+    try:
+        worker = start_fake_worker(scheduler.address, "t0", *worker_args)
+        with grpc.insecure_channel(scheduler.address) as channel:
+            yield scheduler, scheduler_pb2_grpc.SchedulerServiceStub(channel)
+    finally:
+        if worker is not None:
+            worker.stop()
+        scheduler.stop()
+
+
+class StreamThread:
+    """One Submit streamed to its end on a thread: its responses, or the error it ended with."""
+
+    def __init__(self, stub: scheduler_pb2_grpc.SchedulerServiceStub, request, timeout_s: float) -> None:
+        self.responses: list[scheduler_pb2.SubmitResponse] = []
+        self.error: grpc.RpcError | None = None
+        self._thread = threading.Thread(target=self._run, args=(stub, request, timeout_s), daemon=True)
+        self._thread.start()
+
+    def _run(self, stub, request, timeout_s: float) -> None:
+        try:
+            self.responses = list(stub.Submit(request, timeout=timeout_s))
+        except grpc.RpcError as err:
+            self.error = err
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+
+def wait_running(
+    stub: scheduler_pb2_grpc.SchedulerServiceStub, count: int = 1, timeout_s: float = 10.0
+) -> None:
+    """Returns once `count` requests run on the scheduler."""
+    deadline = time.monotonic() + timeout_s
+    while load(stub).num_running < count:
+        assert time.monotonic() < deadline, f"fewer than {count} requests running after {timeout_s} s"
+        time.sleep(0.01)
 
 
 def health_status(address: str, service: str = "") -> int:

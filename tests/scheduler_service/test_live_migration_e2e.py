@@ -85,13 +85,46 @@ def two_replicas(tmp_path_factory):
             scheduler.stop()
 
 
-def _stream(stub, request, into: queue.Queue) -> None:
-    try:
-        for response in stub.Submit(request, timeout=120):
-            into.put(response)
-    except grpc.RpcError as err:
-        into.put(err)
-    into.put(None)
+class _Stream:
+    """One Submit streamed on a thread; the test reads its tokens as it goes."""
+
+    def __init__(self, stub, request) -> None:
+        self.request = request
+        self.tokens: list[int] = []
+        self._responses: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, args=(stub,), daemon=True).start()
+
+    def _run(self, stub) -> None:
+        try:
+            for response in stub.Submit(self.request, timeout=120):
+                self._responses.put(response)
+        except grpc.RpcError as err:
+            self._responses.put(err)
+        self._responses.put(None)
+
+    def read(self, count: int) -> None:
+        """Waits until at least `count` tokens arrived."""
+        while len(self.tokens) < count:
+            item = self._responses.get(timeout=120)
+            assert isinstance(item, scheduler_pb2.SubmitResponse), item
+            self.tokens.extend(item.token_ids)
+
+    def read_to_end(self) -> str:
+        """Reads the rest of the stream; returns the address it migrated to ("" when it did not)."""
+        moved_to = ""
+        while (item := self._responses.get(timeout=120)) is not None:
+            assert isinstance(item, scheduler_pb2.SubmitResponse), item
+            self.tokens.extend(item.token_ids)
+            moved_to = item.migrated_to or moved_to
+        return moved_to
+
+    def attach(self, dest) -> None:
+        """Streams the rest from the replica the request migrated to."""
+        attach = scheduler_pb2.SubmitRequest()
+        attach.CopyFrom(self.request)
+        attach.attach_migrated = True
+        for response in dest.Submit(attach, timeout=120):
+            self.tokens.extend(response.token_ids)
 
 
 def _wait_ready(stub) -> None:
@@ -105,29 +138,16 @@ def test_a_running_request_moves_to_the_other_replica_without_gap_repeat_or_reco
     _wait_ready(dest)
     expected = transformers_greedy(model_dir, PROMPT, LONG)
 
-    responses: queue.Queue = queue.Queue()
-    request = submit_request("m1", PROMPT, LONG, ignore_eos=True)
-    threading.Thread(target=_stream, args=(source, request, responses), daemon=True).start()
-    tokens: list[int] = []
-    while len(tokens) < 10:
-        item = responses.get(timeout=120)
-        assert isinstance(item, scheduler_pb2.SubmitResponse), item
-        tokens.extend(item.token_ids)
+    stream = _Stream(source, submit_request("m1", PROMPT, LONG, ignore_eos=True))
+    stream.read(10)
     result = source.Migrate(
         scheduler_pb2.MigrateRequest(request_id="m1", destination_address=dest_scheduler.address), timeout=120
     )
     assert result.migrated, result.reason
     assert result.bytes_copied > 0 and result.downtime_s > 0
-    moved_to = ""
-    while (item := responses.get(timeout=120)) is not None:
-        assert isinstance(item, scheduler_pb2.SubmitResponse), item
-        tokens.extend(item.token_ids)
-        moved_to = item.migrated_to or moved_to
-    assert moved_to == dest_scheduler.address
-    attach = submit_request("m1", PROMPT, LONG, ignore_eos=True, attach_migrated=True)
-    for response in dest.Submit(attach, timeout=120):
-        tokens.extend(response.token_ids)
-    assert tokens == expected
+    assert stream.read_to_end() == dest_scheduler.address
+    stream.attach(dest)
+    assert stream.tokens == expected
     wait_all_blocks_free(source)
     wait_all_blocks_free(dest)
     assert _metric(source_scheduler, "infermesh_migrations_total", outcome="migrated", reason="") == 1
@@ -149,21 +169,14 @@ def test_an_unreachable_destination_leaves_the_request_running_on_the_source(two
     model_dir, ((_, _, source), _) = two_replicas
     _wait_ready(source)
     expected = transformers_greedy(model_dir, PROMPT, MAX_TOKENS)
-    responses: queue.Queue = queue.Queue()
-    request = submit_request("m2", PROMPT, MAX_TOKENS, ignore_eos=True)
-    threading.Thread(target=_stream, args=(source, request, responses), daemon=True).start()
-    tokens: list[int] = []
-    while len(tokens) < 5:
-        tokens.extend(responses.get(timeout=120).token_ids)
+    stream = _Stream(source, submit_request("m2", PROMPT, MAX_TOKENS, ignore_eos=True))
+    stream.read(5)
     result = source.Migrate(
         scheduler_pb2.MigrateRequest(request_id="m2", destination_address="127.0.0.1:1"), timeout=120
     )
     assert not result.migrated and result.reason
-    while (item := responses.get(timeout=120)) is not None:
-        assert isinstance(item, scheduler_pb2.SubmitResponse), item
-        assert not item.migrated_to
-        tokens.extend(item.token_ids)
-    assert tokens == expected
+    assert stream.read_to_end() == ""
+    assert stream.tokens == expected
     wait_all_blocks_free(source)
 
 
@@ -181,14 +194,11 @@ def test_drain_moves_every_running_request_and_the_streams_go_on_at_the_destinat
     model_dir, ((source_scheduler, _, source), (dest_scheduler, _, dest)) = two_replicas
     _wait_ready(source)
     prompts = {"d1": PROMPT, "d2": PROMPT[::-1]}
-    queues = {rid: queue.Queue() for rid in prompts}
-    for rid, prompt in prompts.items():
-        request = submit_request(rid, prompt, LONG, ignore_eos=True)
-        threading.Thread(target=_stream, args=(source, request, queues[rid]), daemon=True).start()
-    tokens: dict[str, list[int]] = {rid: [] for rid in prompts}
-    for rid in prompts:
-        while len(tokens[rid]) < 3:
-            tokens[rid].extend(queues[rid].get(timeout=120).token_ids)
+    streams = {
+        rid: _Stream(source, submit_request(rid, p, LONG, ignore_eos=True)) for rid, p in prompts.items()
+    }
+    for stream in streams.values():
+        stream.read(3)
     listed = source.GetLoad(scheduler_pb2.GetLoadRequest(include_requests=True), timeout=10)
     assert {r.request_id for r in listed.requests if r.running} == set(prompts)
     code = main(["drain", "--replica", source_scheduler.address, "--to", dest_scheduler.address])
@@ -196,16 +206,9 @@ def test_drain_moves_every_running_request_and_the_streams_go_on_at_the_destinat
     assert code == 0, out
     assert "2 of 2 running requests migrated" in out
     for rid, prompt in prompts.items():
-        moved_to = ""
-        while (item := queues[rid].get(timeout=120)) is not None:
-            assert isinstance(item, scheduler_pb2.SubmitResponse), item
-            tokens[rid].extend(item.token_ids)
-            moved_to = item.migrated_to or moved_to
-        assert moved_to == dest_scheduler.address
-        attach = submit_request(rid, prompt, LONG, ignore_eos=True, attach_migrated=True)
-        for response in dest.Submit(attach, timeout=120):
-            tokens[rid].extend(response.token_ids)
-        assert tokens[rid] == transformers_greedy(model_dir, prompt, LONG)
+        assert streams[rid].read_to_end() == dest_scheduler.address
+        streams[rid].attach(dest)
+        assert streams[rid].tokens == transformers_greedy(model_dir, prompt, LONG)
     wait_all_blocks_free(source)
     wait_all_blocks_free(dest)
     code = main(
@@ -278,20 +281,13 @@ def test_a_dead_destination_worker_fails_the_copy_and_the_request_finishes_on_th
     _wait_ready(source)
     expected = transformers_greedy(model_dir, PROMPT, MAX_TOKENS)
     dest_worker.kill()  # the destination's group still looks ready until its next liveness probe
-    responses: queue.Queue = queue.Queue()
-    request = submit_request("m3", PROMPT, MAX_TOKENS, ignore_eos=True)
-    threading.Thread(target=_stream, args=(source, request, responses), daemon=True).start()
-    tokens: list[int] = []
-    while len(tokens) < 5:
-        tokens.extend(responses.get(timeout=120).token_ids)
+    stream = _Stream(source, submit_request("m3", PROMPT, MAX_TOKENS, ignore_eos=True))
+    stream.read(5)
     result = source.Migrate(
         scheduler_pb2.MigrateRequest(request_id="m3", destination_address=dest_scheduler.address), timeout=120
     )
     assert not result.migrated and result.reason
-    while (item := responses.get(timeout=120)) is not None:
-        assert isinstance(item, scheduler_pb2.SubmitResponse), item
-        assert not item.migrated_to
-        tokens.extend(item.token_ids)
-    assert tokens == expected
+    assert stream.read_to_end() == ""
+    assert stream.tokens == expected
     wait_all_blocks_free(source)
     wait_all_blocks_free(dest)

@@ -4,7 +4,6 @@ the tokens an undisturbed run produces."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
@@ -15,8 +14,8 @@ from infermesh_cli.local_cluster import ServiceProcess
 
 from tests.model_factory import build_random_model
 from tests.scheduler_service.service_harness import (
-    _env,
     load,
+    start_real_worker,
     start_scheduler,
     submit_request,
     wait_all_blocks_free,
@@ -26,32 +25,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.multiproc, pytest.mark.slow]
 
 PROMPT = [5, 17, 33, 8]
 MAX_TOKENS = 60
-
-
-def start_real_worker(scheduler_address: str, name: str) -> ServiceProcess:
-    worker = ServiceProcess(
-        name="worker",
-        args=[
-            sys.executable,
-            "-m",
-            "infermesh_worker",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--scheduler-address",
-            scheduler_address,
-            "--worker-name",
-            name,
-            "--device",
-            "cpu",
-            "--num-threads",
-            "1",
-        ],
-        env=_env(),
-    )
-    worker.start()
-    return worker
 
 
 def test_tp2_member_killed_mid_stream_standby_takes_over(tmp_path):
@@ -73,7 +46,7 @@ def test_tp2_member_killed_mid_stream_standby_takes_over(tmp_path):
     )
     workers: list[ServiceProcess] = []
     try:
-        workers += [start_real_worker(scheduler.address, f"rw{i}") for i in range(2)]
+        workers += [start_real_worker(scheduler.address, f"rw{i}", wait=False) for i in range(2)]
         for w in workers:
             w.wait_listening(60)
         with grpc.insecure_channel(scheduler.address) as channel:
@@ -84,7 +57,7 @@ def test_tp2_member_killed_mid_stream_standby_takes_over(tmp_path):
                 for t in r.token_ids
             ]
             assert len(reference) == MAX_TOKENS
-            workers.append(start_real_worker(scheduler.address, "rw2"))  # the standby
+            workers.append(start_real_worker(scheduler.address, "rw2", wait=False))  # the standby
             workers[2].wait_listening(60)
             received: list[int] = []
             outcome: dict = {}

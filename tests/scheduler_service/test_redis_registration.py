@@ -9,7 +9,7 @@ import redis
 from infermesh_shared.discovery.redis_keys import DEFAULT_NAMESPACE, replica_key
 
 from tests.routing.redis_server import running_redis_server
-from tests.scheduler_service.service_harness import start_scheduler
+from tests.scheduler_service.service_harness import run_scheduler_to_exit, start_scheduler
 
 pytestmark = pytest.mark.e2e
 
@@ -40,27 +40,6 @@ def test_scheduler_registers_and_deregisters(model_dir, tmp_path):
 
 
 def test_unreachable_redis_fails_startup(model_dir):
-    import subprocess
-    import sys
-
-    from tests.scheduler_service.service_harness import _env  # the harness's PYTHONPATH setup
-
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "infermesh_scheduler",
-            "--port",
-            "0",
-            "--model-path",
-            str(model_dir),
-            "--redis-url",
-            "redis://127.0.0.1:1/0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(),
-    )
+    result = run_scheduler_to_exit(model_dir, "--port", "0", "--redis-url", "redis://127.0.0.1:1/0")
     assert result.returncode == 2
     assert "cannot register in Redis" in result.stderr

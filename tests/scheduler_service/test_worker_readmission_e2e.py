@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 
@@ -23,7 +22,7 @@ from infermesh_cli.local_cluster import ServiceProcess
 from tests.free_port import free_port
 from tests.model_factory import build_random_model
 from tests.scheduler_service.service_harness import (
-    _env,
+    start_real_worker,
     start_scheduler,
     submit_request,
     wait_all_blocks_free,
@@ -36,30 +35,7 @@ MAX_TOKENS = 400
 
 
 def _worker(scheduler_address: str, port: int) -> ServiceProcess:
-    worker = ServiceProcess(
-        name="worker",
-        args=[
-            sys.executable,
-            "-m",
-            "infermesh_worker",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--scheduler-address",
-            scheduler_address,
-            "--worker-name",
-            "w0",
-            "--num-threads",
-            "1",
-            "--scheduler-probe-interval-ms",
-            "200",
-        ],
-        env=_env(),
-    )
-    worker.start()
-    worker.wait_listening(60)
-    return worker
+    return start_real_worker(scheduler_address, "w0", "--scheduler-probe-interval-ms", "200", port=port)
 
 
 class _Stream:
