@@ -30,6 +30,7 @@ from infermesh_scheduler.core.scheduler import Scheduler
 from infermesh_scheduler.core.step_plan import StepPlan
 from infermesh_scheduler.group_state import GroupEvent, GroupState
 from infermesh_scheduler.plan_codec import plan_to_proto, tokens_from_proto
+from infermesh_scheduler.queue_room import QueueRoom
 from infermesh_scheduler.request_stream import RequestStream
 from infermesh_scheduler.request_telemetry import SchedulerTelemetry
 from infermesh_scheduler.status_table import status_of_end
@@ -84,9 +85,8 @@ class EngineLoop:
         self._unattached: dict[str, RequestStream] = {}
         self._wake = asyncio.Event()
         self._scheduler_ready = asyncio.Event()
-        # Replaced after each set so that every waiter of the old one wakes exactly once.
-        self._room = asyncio.Event()
-        self._room_waiters = 0
+        # Where Submits wait for room in a full queue (queue_overflow_policy=block).
+        self._room = QueueRoom(settings.queue_timeout_ms)
         self._last_load_report = 0.0
         # The group lost its KV state since the core's worker state was last reset.
         self._worker_state_lost = False
@@ -180,8 +180,8 @@ class EngineLoop:
                 except QueueFullError as full:
                     if full.policy != "block" or non_blocking:
                         raise SubmitRejected.of(full) from None
-                    queue_deadline = queue_deadline or self._queue_deadline(queue_timeout_ms)
-                await self._wait_for_room(deadline, queue_deadline)
+                    queue_deadline = queue_deadline or self._room.queue_deadline(queue_timeout_ms)
+                await self._room.wait(deadline, queue_deadline)
         except BaseException as err:
             if self._streams.get(spec.request_id) is stream:
                 del self._streams[spec.request_id]
@@ -257,37 +257,6 @@ class EngineLoop:
             raise SubmitRejected(grpc.StatusCode.UNAVAILABLE, self._group.down_message())
         return self._scheduler
 
-    def _queue_deadline(self, queue_timeout_ms: int) -> tuple[float, int] | None:
-        timeout_ms = queue_timeout_ms or self._settings.queue_timeout_ms
-        return (time.monotonic() + timeout_ms / 1000, timeout_ms) if timeout_ms else None
-
-    async def _wait_for_room(self, deadline: float | None, queue_deadline: tuple[float, int] | None) -> None:
-        room = self._room
-        queue_first = queue_deadline is not None and (deadline is None or queue_deadline[0] < deadline)
-        until = queue_deadline[0] if queue_deadline is not None and queue_first else deadline
-        timeout = None if until is None else max(0.0, until - time.monotonic())
-        self._room_waiters += 1
-        try:
-            await asyncio.wait_for(room.wait(), timeout)
-        except asyncio.TimeoutError:
-            if queue_deadline is not None and queue_first:
-                raise SubmitRejected(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the queue stayed full for queue_timeout_ms={queue_deadline[1]} "
-                    "(queue_overflow_policy=block): retry later or on another replica",
-                ) from None
-            raise SubmitRejected(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "the request's deadline passed while it waited for room in the full queue "
-                "(queue_overflow_policy=block)",
-            ) from None
-        finally:
-            self._room_waiters -= 1
-
-    def _signal_room(self) -> None:
-        room, self._room = self._room, asyncio.Event()
-        room.set()
-
     def _abort_now(self, request_id: str) -> None:
         if self._scheduler is not None:
             self._route(self._scheduler.abort_request(request_id))
@@ -295,7 +264,7 @@ class EngineLoop:
         if stream is not None and not stream.closed:
             # The core did not answer with a last output (e.g. it never saw the request).
             stream.fail(grpc.StatusCode.CANCELLED, f"request {request_id!r} was aborted")
-        self._signal_room()
+        self._room.signal()
         self._on_load_change()
 
     def _route(self, outputs: Iterable[RequestOutput]) -> None:
@@ -321,7 +290,7 @@ class EngineLoop:
             stream = self._streams.pop(request_id)
             if not stream.closed:
                 stream.fail(code, message)
-        self._signal_room()
+        self._room.signal()
         self._on_load_change()
 
     def _between_steps(self) -> None:
@@ -339,7 +308,7 @@ class EngineLoop:
         expired = scheduler.expire_deadlines()
         if expired:
             self._route(expired)
-            self._signal_room()
+            self._room.signal()
 
     async def _sleep_until_woken(self, timeout: float | None) -> None:
         try:
@@ -452,8 +421,8 @@ class EngineLoop:
         if telemetry is not None:
             telemetry.step_ended(step_span, done - started)
         self._route(outputs)
-        if self._room_waiters and scheduler.has_queue_room():
-            self._signal_room()
+        if self._room.waiters and scheduler.has_queue_room():
+            self._room.signal()
         if started - self._last_load_report > _LOAD_REPORT_INTERVAL_S:
             self._last_load_report = started
             self._on_load_change()
