@@ -9,6 +9,7 @@ from infermesh.v1 import worker_pb2
 from infermesh_worker.errors import WorkerError
 from infermesh_worker.model_runner import LoadSpec, ModelRunner
 from infermesh_worker.plan_codec import decode_plan
+from infermesh_worker.status_table import status_of
 
 from tests.model_factory import build_random_model
 from tests.worker.conftest import make_runner
@@ -16,7 +17,7 @@ from tests.worker.step_plans import StepPlanner
 
 
 def _code(excinfo) -> grpc.StatusCode:
-    return excinfo.value.code
+    return status_of(excinfo.value)[0]
 
 
 def test_execute_before_load_is_failed_precondition():

@@ -22,6 +22,8 @@ def test_plan_modules_import_without_torch():
         "import sys; sys.modules['torch'] = None\n"
         "import infermesh_worker.plan_state, infermesh_worker.step_plan, infermesh_worker.sequence_state\n"
         "assert 'google.protobuf' not in sys.modules, 'plan_state pulled in protobuf'\n"
+        # Faults are domain values; only the servicer's status_table.py knows gRPC.
+        "assert 'grpc' not in sys.modules, 'plan_state pulled in grpc'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -1,29 +1,39 @@
-"""Worker errors that carry the gRPC status a caller should see."""
+"""Why the worker refuses a call: domain values, never wire statuses (status_table.py maps them)."""
 
 from __future__ import annotations
 
-import grpc
+import enum
+
+
+class Fault(enum.Enum):
+    """What kind of failure a WorkerError is."""
+
+    INVALID = "invalid"  # the request itself is wrong
+    NOT_READY = "not_ready"  # valid, but the worker is not in a state to run it
+    NO_MEMORY = "no_memory"  # it needs more memory than the worker has
+    CORRUPTED = "corrupted"  # data arrived damaged
+    INTERNAL = "internal"  # a bug or an unexpected failure here
 
 
 class WorkerError(Exception):
-    """An error with a gRPC status code; the message tells a person what to change."""
+    """A refused call; `fault` says what kind, the message what a person should change."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    fault: Fault = Fault.INTERNAL
 
 
 class InvalidArgumentError(WorkerError):
     """The request itself is wrong (bad dtype, block id out of range, unsupported model)."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    fault = Fault.INVALID
 
 
 class FailedPreconditionError(WorkerError):
     """The request is valid but the worker is not in a state to run it."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    fault = Fault.NOT_READY
 
 
 class ResourceExhaustedError(WorkerError):
     """The request needs more memory than the worker has."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    fault = Fault.NO_MEMORY

@@ -18,11 +18,10 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 
-import grpc
 import torch
 from infermesh.v1 import worker_pb2
 
-from infermesh_worker.errors import FailedPreconditionError, InvalidArgumentError, WorkerError
+from infermesh_worker.errors import FailedPreconditionError, Fault, InvalidArgumentError, WorkerError
 from infermesh_worker.kv_cache import KVCache
 from infermesh_worker.parallel import ParallelContext
 
@@ -36,7 +35,7 @@ _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "b
 class ChecksumMismatchError(WorkerError):
     """A block's bytes do not match the digest its sender computed (corrupted in transit)."""
 
-    code = grpc.StatusCode.DATA_LOSS
+    fault = Fault.CORRUPTED
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from infermesh_worker.errors import FailedPreconditionError, InvalidArgumentErro
 from infermesh_worker.model_config import load_model_config
 from infermesh_worker.model_runner import ModelRunner
 from infermesh_worker.plan_codec import decode_load_request, decode_plan, encode_result
+from infermesh_worker.status_table import status_of
 from infermesh_worker.step_plan import StepPlan
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             return future.result()
         except WorkerError as exc:
             logger.warning("%s failed: %s", what, exc)
-            context.abort(exc.code, str(exc))
+            context.abort(*status_of(exc))
         except Exception as exc:  # noqa: BLE001 - any torch failure becomes INTERNAL with its text
             logger.exception("%s failed", what)
             context.abort(
@@ -112,7 +113,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             load_model_config(spec.model_path, spec.config_overrides_json, spec.disable_sliding_window)
         except WorkerError as exc:
             logger.warning("LoadModel refused: %s", exc)
-            context.abort(exc.code, str(exc))
+            context.abort(*status_of(exc))
         self._restart_chain()
         result = self._call(context, "LoadModel", self.runner.load_model, spec)
         if self.metrics is not None:
@@ -184,7 +185,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             kv_transfer.check_block_ids(src, cache.num_blocks, "src_block_ids")
             chunk = kv_transfer.resolve_chunk_bytes(request.chunk_bytes)
         except WorkerError as exc:
-            context.abort(exc.code, str(exc))
+            context.abort(*status_of(exc))
         messages = kv_transfer.send_stream(cache, layout, src, dst, request.transfer_id, chunk)
         options = [("grpc.max_send_message_length", chunk + 65536)]
         with open_channel(
@@ -215,5 +216,5 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             checksums = kv_transfer.receive_stream(cache, layout, request_iterator)
         except WorkerError as exc:
             logger.warning("KV transfer refused: %s", exc)
-            context.abort(exc.code, str(exc))
+            context.abort(*status_of(exc))
         return worker_pb2.ReceiveKVBlocksResponse(num_blocks=len(checksums), block_checksums=checksums)
