@@ -91,33 +91,36 @@ def run_scheduler_to_exit(model_dir: Path, *args: str) -> subprocess.CompletedPr
     )
 
 
+def real_worker_argv(scheduler_address: str, name: str, *args: str, port: int = 0) -> list[str]:
+    """The command line of a real infermesh_worker (CPU, one thread) on 127.0.0.1:`port`."""
+    return [
+        sys.executable,
+        "-m",
+        "infermesh_worker",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--scheduler-address",
+        scheduler_address,
+        "--worker-name",
+        name,
+        "--device",
+        "cpu",
+        "--num-threads",
+        "1",
+        *args,
+    ]
+
+
 def start_real_worker(
     scheduler_address: str, name: str, *args: str, port: int = 0, wait: bool = True
 ) -> ServiceProcess:
-    """A real infermesh_worker process (one CPU thread) on `port` (0: a free one), registering at
+    """A real infermesh_worker process on `port` (0: a free one), registering at
     `scheduler_address`; with `wait`, returns once it printed its address (else at once, so
     several start side by side)."""
     process = ServiceProcess(
-        name="worker",
-        args=[
-            sys.executable,
-            "-m",
-            "infermesh_worker",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--scheduler-address",
-            scheduler_address,
-            "--worker-name",
-            name,
-            "--device",
-            "cpu",
-            "--num-threads",
-            "1",
-            *args,
-        ],
-        env=_env(),
+        name="worker", args=real_worker_argv(scheduler_address, name, *args, port=port), env=_env()
     )
     process.start()
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 import re
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,6 +17,7 @@ from infermesh.v1 import scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_p
 
 from tests.free_port import free_port
 from tests.model_factory import transformers_greedy
+from tests.scheduler_service.service_harness import real_worker_argv
 from tests.worker.step_plans import StepPlanner
 
 pytestmark = pytest.mark.e2e
@@ -52,24 +52,7 @@ def fake_scheduler():
 
 def start_worker(scheduler_address: str, *extra: str) -> tuple[subprocess.Popen, str, list[str]]:
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "infermesh_worker",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--scheduler-address",
-            scheduler_address,
-            "--worker-name",
-            "test-worker",
-            "--num-threads",
-            "1",
-            "--kv-cache-memory-bytes",
-            str(1 << 22),
-            *extra,
-        ],
+        real_worker_argv(scheduler_address, "test-worker", "--kv-cache-memory-bytes", str(1 << 22), *extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
