@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from infermesh_scheduler.worker_endpoint import WorkerEndpointError, listen_address
-from infermesh_scheduler.worker_group import rendezvous_host
+from infermesh_scheduler.worker_handle import rendezvous_host
 
 
 @pytest.mark.parametrize(

@@ -14,33 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from infermesh.v1 import worker_pb2, worker_pb2_grpc
+from grpc_health.v1 import health_pb2
+from infermesh.v1 import worker_pb2
 from infermesh_shared.config import SchedulerConfig
-from infermesh_shared.grpc_transport import TlsFiles, open_aio_channel
-from infermesh_shared.peer_roles import WORKER
-from infermesh_shared.telemetry import aio_client_interceptors
+from infermesh_shared.grpc_transport import TlsFiles
 
 from infermesh_scheduler.group_state import GroupEvent, GroupState
 from infermesh_scheduler.group_tracing import forming_span
+from infermesh_scheduler.worker_handle import WorkerHandle, free_tcp_port, rendezvous_host
 
 logger = logging.getLogger(__name__)
-
-_CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    # gRPC shares one connection (subchannel) per address among channels by default. A worker that
-    # restarts on its old address would then inherit the dead connection's "connection refused"
-    # back-off and be dropped right after registering; its own pool gives it a fresh connection.
-    ("grpc.use_local_subchannel_pool", 1),
-]
-
 
 # Answers to LoadModel/InitKVCache that mean "this configuration cannot work here", not a glitch.
 _REFUSALS = frozenset(
@@ -68,36 +55,6 @@ class NameTaken(Exception):
 
 class WorkerGroupFailure(Exception):
     """A step could not run because the group is not ready or a member failed."""
-
-
-@dataclass(slots=True)
-class WorkerHandle:
-    """One registered worker process and the channel to it."""
-
-    worker_id: str
-    name: str
-    address: str
-    device: str
-    channel: grpc.aio.Channel
-    stub: worker_pb2_grpc.WorkerServiceStub
-    health: health_pb2_grpc.HealthStub
-    loaded: bool = False  # LoadModel succeeded at least once (Reset is needed before re-forming)
-
-
-def rendezvous_host(address: str) -> str:
-    """The host part of a worker's gRPC address, for the torch.distributed rendezvous."""
-    if address.startswith("unix:") or address.startswith("unix-abstract:"):
-        return "127.0.0.1"
-    address = address.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
-    host = address.rpartition(":")[0] or address
-    return host.strip("[]") or "127.0.0.1"
-
-
-def free_tcp_port() -> int:
-    """A TCP port free on this machine now (for the rendezvous of a new process group)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class WorkerGroup:
@@ -216,21 +173,8 @@ class WorkerGroup:
             )
         self._next_id += 1
         worker_id = f"w{self._next_id}"
-        channel = open_aio_channel(
-            address,
-            self._tls,
-            server_role=WORKER,
-            options=_CHANNEL_OPTIONS,
-            interceptors=aio_client_interceptors(),
-        )
-        self._workers[worker_id] = WorkerHandle(
-            worker_id=worker_id,
-            name=name or worker_id,
-            address=address,
-            device=device,
-            channel=channel,
-            stub=worker_pb2_grpc.WorkerServiceStub(channel),
-            health=health_pb2_grpc.HealthStub(channel),
+        self._workers[worker_id] = WorkerHandle.connect(
+            worker_id, name or worker_id, address, device, self._tls
         )
         logger.info(
             "worker %s registered: name=%s address=%s device=%s (%d registered, %d form the group)",
