@@ -91,6 +91,8 @@ class _Stream:
     def __init__(self, stub, request) -> None:
         self.request = request
         self.tokens: list[int] = []
+        # The status the stream ended with, when it ended with an error (read_to_end(allow_error)).
+        self.ended: grpc.StatusCode | None = None
         self._responses: queue.Queue = queue.Queue()
         threading.Thread(target=self._run, args=(stub,), daemon=True).start()
 
@@ -109,10 +111,13 @@ class _Stream:
             assert isinstance(item, scheduler_pb2.SubmitResponse), item
             self.tokens.extend(item.token_ids)
 
-    def read_to_end(self) -> str:
+    def read_to_end(self, allow_error: bool = False) -> str:
         """Reads the rest of the stream; returns the address it migrated to ("" when it did not)."""
         moved_to = ""
         while (item := self._responses.get(timeout=120)) is not None:
+            if allow_error and isinstance(item, grpc.RpcError):
+                self.ended = item.code()
+                continue
             assert isinstance(item, scheduler_pb2.SubmitResponse), item
             self.tokens.extend(item.token_ids)
             moved_to = item.migrated_to or moved_to
@@ -233,12 +238,8 @@ def test_a_request_aborted_while_it_migrates_is_gone_from_both_replicas(two_repl
     _wait_ready(source)
     _wait_ready(dest)
     prompt = [(7 * i) % 250 + 1 for i in range(60)]  # a longer context: more blocks to copy
-    responses: queue.Queue = queue.Queue()
-    request = submit_request("m4", prompt, 150, ignore_eos=True)
-    threading.Thread(target=_stream, args=(source, request, responses), daemon=True).start()
-    tokens: list[int] = []
-    while len(tokens) < 3:
-        tokens.extend(responses.get(timeout=120).token_ids)
+    stream = _Stream(source, submit_request("m4", prompt, 150, ignore_eos=True))
+    stream.read(3)
     migrated: list = []
     migrate = threading.Thread(
         target=lambda: migrated.append(
@@ -256,19 +257,13 @@ def test_a_request_aborted_while_it_migrates_is_gone_from_both_replicas(two_repl
             break  # it ended (or never reserved) before we saw it: abort anyway
     source.Abort(scheduler_pb2.AbortRequest(request_id="m4"), timeout=30)
     migrate.join(120)
-    moved_to = ""
-    ended = None
-    while (item := responses.get(timeout=120)) is not None:
-        if isinstance(item, grpc.RpcError):
-            ended = item.code()
-        else:
-            moved_to = item.migrated_to or moved_to
+    moved_to = stream.read_to_end(allow_error=True)
     if moved_to:  # the abort came after the hand-over: the caller ends it where it went
         assert migrated[0].migrated
         dest.Abort(scheduler_pb2.AbortRequest(request_id="m4"), timeout=30)
     else:
         assert not migrated[0].migrated, migrated[0]
-        assert ended is not None or tokens  # the stream ended here, by the abort
+        assert stream.ended is not None or stream.tokens  # the stream ended here, by the abort
     wait_all_blocks_free(source)
     wait_all_blocks_free(dest)
     outcome = "migrated" if migrated[0].migrated else "failed"
