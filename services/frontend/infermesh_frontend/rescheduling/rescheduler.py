@@ -27,7 +27,7 @@ from prometheus_client import Counter as MetricCounter
 
 from infermesh_frontend.rescheduling.lease import NoLease
 from infermesh_frontend.rescheduling.migration_call import migrate
-from infermesh_frontend.rescheduling.round_plan import Move, plan_round
+from infermesh_frontend.rescheduling.round_plan import DECODE_LOAD, Move, plan_round
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class Rescheduler:
         if self._per_replica[move.source] >= limit or self._per_replica[move.destination] >= limit:
             return False
         # A drain empties its replica whatever moved in lately; balancing must not undo a move.
-        return move.policy != "decode_load" or (move.destination, move.source) not in self._recent_pairs
+        return move.policy != DECODE_LOAD or (move.destination, move.source) not in self._recent_pairs
 
     def _begin(self, move: Move) -> None:
         self._in_flight[move.request_id] = move
