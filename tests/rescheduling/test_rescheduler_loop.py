@@ -117,3 +117,18 @@ def test_the_loop_runs_every_interval_until_stopped():
         assert [rid for rid, _ in a.calls[:3]] == ["r0", "r1", "r2"]
 
     asyncio.run(scenario())
+
+
+def test_a_draining_replica_is_emptied_even_of_requests_that_just_moved_there():
+    async def scenario():
+        rescheduler, a, b, _ = _cluster(rescheduling_req_select_value=1)
+        await rescheduler.run_round()
+        await rescheduler.wait_idle()
+        assert a.calls == [("r0", "b:1")]
+        # b now drains, holding r0 (in its cooldown): the drain moves it anyway, back to a.
+        a.load = report(projected=0.1)
+        b.load = report(("r0", 10, 1), serving=False, draining=True)
+        started = await rescheduler.run_round()
+        assert [(m.request_id, m.destination, m.policy) for m in started] == [("r0", "a:1", "drain")]
+
+    asyncio.run(scenario())

@@ -9,7 +9,7 @@ from infermesh_frontend.rescheduling.round_plan import Move, plan_round, takers
 from tests.rescheduling.fakes import options, report
 
 
-def _any(_rid: str) -> bool:
+def _any(_rid: str, _policy: str) -> bool:
     return True
 
 
@@ -42,7 +42,9 @@ def test_decode_load_needs_a_source_at_the_threshold_and_a_gap_above_the_balance
 
 def test_waiting_requests_never_move_and_ineligible_ones_are_skipped():
     reports = {"a:1": report(("r1", 30, 2), ("r2", 30, 2), projected=2.0, waiting=("w1",)), "b:1": report()}
-    moves = plan_round(reports, options(rescheduling_req_select_order="FCWSR"), lambda rid: rid != "r1")
+    moves = plan_round(
+        reports, options(rescheduling_req_select_order="FCWSR"), lambda rid, policy: rid != "r1"
+    )
     assert [m.request_id for m in moves] == ["r2"]
     assert plan_round(reports, options(rescheduling_req_select_order="FCW"), _any) == []
 

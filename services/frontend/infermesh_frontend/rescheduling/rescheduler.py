@@ -5,7 +5,8 @@ active one, it reads GetLoad (with the request lists) from every scheduler repli
 Bounds, so a round cannot thrash the cluster:
 - at most rescheduling_max_migrations_per_replica migrations in flight per replica (as source or
   destination); a request is never in two migrations;
-- a request that moved (or failed to) is left alone for rescheduling_request_cooldown_ms;
+- a request that moved (or failed to) is not balanced again for rescheduling_request_cooldown_ms
+  (a drain or failover still moves it: its replica is being emptied);
 - after a move A -> B, nothing moves B -> A within that cooldown (no ping-pong).
 Migrations run in the background, so a slow one does not stretch the interval; each call is
 bounded by llumlet_grpc_timeout_seconds, and a lost lease stops new moves at once.
@@ -159,12 +160,15 @@ class Rescheduler:
         return reports
 
     # ----- bounds
-    def _eligible(self, request_id: str) -> bool:
-        return request_id not in self._in_flight and request_id not in self._cooling
+    def _eligible(self, request_id: str, policy: str) -> bool:
+        if request_id in self._in_flight:
+            return False
+        # A replica being emptied is emptied, even of a request that just arrived there.
+        return policy != DECODE_LOAD or request_id not in self._cooling
 
     def _admit(self, move: Move, now: float) -> bool:
         limit = self.options.rescheduling_max_migrations_per_replica
-        if not self._eligible(move.request_id):
+        if not self._eligible(move.request_id, move.policy):
             return False
         if self._per_replica[move.source] >= limit or self._per_replica[move.destination] >= limit:
             return False

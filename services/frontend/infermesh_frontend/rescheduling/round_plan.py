@@ -67,7 +67,7 @@ def _evacuate(
     reports: Mapping[str, scheduler_pb2.GetLoadResponse],
     destinations: list[str],
     policy: str,
-    eligible: Callable[[str], bool],
+    eligible: Callable[[str, str], bool],
 ) -> list[Move]:
     if not destinations:
         return []
@@ -75,16 +75,16 @@ def _evacuate(
     moves = []
     for source in sources:
         for candidate in sorted(candidates_of(reports[source]), key=lambda c: (c.arrival, c.request_id)):
-            if candidate.running and eligible(candidate.request_id):
+            if candidate.running and eligible(candidate.request_id, policy):
                 moves.append(Move(candidate.request_id, source, next(cycle), policy))
     return moves
 
 
 def plan_round(
-    reports: Mapping[str, scheduler_pb2.GetLoadResponse], options: Any, eligible: Callable[[str], bool]
+    reports: Mapping[str, scheduler_pb2.GetLoadResponse], options: Any, eligible: Callable[[str, str], bool]
 ) -> list[Move]:
     """The moves of one round, most urgent first; `options` is a rescheduling_config section and
-    `eligible(request_id)` says whether a request may move now (not in flight, not cooling down)."""
+    `eligible(request_id, policy)` says whether a request may move now by that policy."""
     policies = set(options.rescheduling_policies)
     neutral = LoadMetric(options.rescheduling_neutral_load_metric)
     destinations = takers(reports, neutral, options.rescheduling_neutral_load_threshold)
@@ -99,7 +99,7 @@ def plan_round(
 
 
 def _balance(
-    reports: Mapping[str, scheduler_pb2.GetLoadResponse], options: Any, eligible: Callable[[str], bool]
+    reports: Mapping[str, scheduler_pb2.GetLoadResponse], options: Any, eligible: Callable[[str, str], bool]
 ) -> list[Move]:
     metric = LoadMetric(options.rescheduling_decode_load_metric)
     loads = [
@@ -113,7 +113,7 @@ def _balance(
     for pair in pairs:
         report = reports[pair.source.address]
         # Only running requests carry KV to migrate; a waiting one is not a migration.
-        candidates = [c for c in candidates_of(report) if c.running and eligible(c.request_id)]
+        candidates = [c for c in candidates_of(report) if c.running and eligible(c.request_id, DECODE_LOAD)]
         chosen = select_requests(
             candidates,
             SelectOrder(options.rescheduling_req_select_order),
