@@ -11,6 +11,8 @@ from typing import Any
 
 from opentelemetry import trace
 
+from infermesh_shared.telemetry.grpc_core_log import quiet_client_gone
+
 # Below DEBUG, for per-token and per-step detail (seed 000's `trace` level).
 TRACE = logging.DEBUG - 5
 logging.addLevelName(TRACE, "TRACE")
@@ -118,6 +120,7 @@ def configure_logging(
         handler.addFilter(context_filter)
         root.addHandler(handler)
     root.setLevel(numeric_level)
+    quiet_client_gone()
 
 
 def configure_service_logging(cfg: Any) -> None:
