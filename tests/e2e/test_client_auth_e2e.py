@@ -43,7 +43,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
     args = (
         "--api-key", KEY_A,
         f"--frontend-arg=--api-keys={KEY_B}",
-        f"--frontend-arg=--http-port={free_port()}",
+        # up's own --http-port (default 8000) comes after the --frontend-arg flags and wins.
+        "--http-port", str(free_port()),
         f"--frontend-arg=--max-prompt-bytes={MAX_PROMPT_BYTES}",
         f"--frontend-arg=--http-header-timeout-ms={HEADER_TIMEOUT_MS}",
         "--frontend-arg=--http-max-connections=8192",
