@@ -228,6 +228,31 @@ def test_infermesh_drain_through_the_frontend_moves_every_stream_in_flight(clust
         cluster.wait_free(address)
 
 
+def test_infermesh_migrate_through_the_frontend_moves_one_stream(cluster, capsys):
+    from infermesh_cli.__main__ import main
+
+    before = _prefilled(cluster)
+    threads, results, progress = _start_streams(cluster, 1, DRAINED_TOKENS, first=16)
+    _wait_started(progress, range(16, 17))
+    source, destination = _pinned_replica(before, _prefilled(cluster))
+    with open_channel(source, cluster.up.role_tls("frontend"), server_role="scheduler") as channel:
+        listed = scheduler_pb2_grpc.SchedulerServiceStub(channel).GetLoad(
+            scheduler_pb2.GetLoadRequest(include_requests=True), timeout=10
+        )
+    (request_id,) = [r.request_id for r in listed.requests if r.running]
+    argv = ["migrate", "--request-id", request_id, "--replica", source, "--to", destination]
+    code = main([*argv, "--address", cluster.up.frontend_address])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert f"migrated to {destination}" in captured.out
+    _check_streams(cluster, threads, results, range(16, 17), DRAINED_TOKENS)
+    # A replica the frontend does not know is refused before anything is asked of it.
+    code = main([*argv[:-1], "127.0.0.1:9", "--address", cluster.up.frontend_address])
+    assert code == 1 and "NOT_FOUND" in capsys.readouterr().err
+    for address in cluster.replicas:
+        cluster.wait_free(address)
+
+
 def _scheduler_pid(cluster: _Cluster, address: str) -> int:
     """The scheduler process of `address`: up starts replica 0's first, so pids follow replicas."""
     out = subprocess.run(
