@@ -3,10 +3,10 @@ live migration (their KV cache moves with them; the client's stream goes on with
 
 Without --address both talk to the source scheduler directly: under mutual TLS give a certificate
 the scheduler lets ask for migrations (role frontend or rescheduler; see `infermesh certs`).
-With --address they ask a frontend (behind its API keys; --tls-ca-file when it serves TLS) or an
-infermesh-rescheduler (mutual TLS with the rescheduler certificate) through ReschedulerService,
-which acts only on replicas its discovery knows; a drain then needs no --to (it picks the serving
-replicas, least loaded first).
+With --address they ask a frontend (with an operator API key when it has keys; --tls-ca-file when
+it serves TLS) or an infermesh-rescheduler (mutual TLS with the rescheduler certificate) through
+ReschedulerService, which acts only on replicas its discovery knows; a drain then needs no --to
+(it picks the serving replicas, least loaded first).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def _add_tls_options(parser: argparse.ArgumentParser) -> None:
         help="a frontend or infermesh-rescheduler (host:port) to act through, instead of the scheduler",
     )
     parser.add_argument(
-        "--api-key", default=None, help="API key of the frontend at --address (default: $INFERMESH_API_KEY)"
+        "--api-key",
+        default=None,
+        help="operator API key of the frontend at --address (default: $INFERMESH_API_KEY)",
     )
 
 

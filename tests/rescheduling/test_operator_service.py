@@ -73,3 +73,25 @@ def test_a_second_drain_of_the_same_replica_is_aborted_while_the_first_runs():
         assert (await first).num_migrated == 3
 
     asyncio.run(scenario())
+
+
+def test_with_api_keys_only_an_operator_key_may_drain(tmp_path):
+    from types import SimpleNamespace
+
+    from infermesh_frontend.client_auth import ApiKeys
+
+    operators = tmp_path / "operators"
+    operators.write_text("# the on-call\nop-key\n")
+    cfg = SimpleNamespace(api_keys=["client-key"], api_keys_file="", operator_api_keys_file=str(operators))
+    keys = ApiKeys.from_config(cfg, environ={})
+    assert keys.authenticate("Bearer op-key")[1] == ""  # an operator key is a client key too
+    assert keys.operator_refusal("Bearer op-key") == ""
+    assert "operator key" in keys.operator_refusal("Bearer client-key")
+    assert "operator key" in keys.operator_refusal("")
+    assert ApiKeys(()).operator_refusal("") == ""  # an open frontend is open for these too
+
+    replicas = {"a:1": FakeReplica(report(("r1", 10, 1))), "b:1": FakeReplica(report())}
+    servicer = ReschedulerServicer(lambda: replicas, options(), lambda _context: keys.operator_refusal(""))
+    request = rescheduler_pb2.DrainReplicaRequest(replica_address="a:1")
+    assert _code(servicer.DrainReplica(request, _Context())) == grpc.StatusCode.PERMISSION_DENIED
+    assert replicas["a:1"].calls == []

@@ -57,31 +57,40 @@ def bearer_token(value: str | None) -> str:
 class ApiKeys:
     """The configured keys; empty means the frontend is open (logged once at start)."""
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._keys = [k.encode() for k in dict.fromkeys(keys)]
+    def __init__(self, keys: Iterable[str], operator_keys: Iterable[str] = ()) -> None:
+        operators = list(operator_keys)
+        # An operator key is a client key too (the same interceptor lets it in).
+        self._keys = [k.encode() for k in dict.fromkeys([*keys, *operators])]
+        self._operator_keys = [k.encode() for k in dict.fromkeys(operators)]
 
     @classmethod
     def from_config(cls, cfg: Any, environ: dict[str, str] | None = None) -> ApiKeys:
         environ = os.environ if environ is None else environ
         keys = [k.strip() for k in getattr(cfg, "api_keys", []) or []]
-        path = getattr(cfg, "api_keys_file", "") or ""
-        if path:
-            try:
-                lines = Path(path).read_text().splitlines()
-            except OSError as err:
-                raise ApiKeyConfigError(
-                    f"api_keys_file {path!r} cannot be read: {err.strerror or err}"
-                ) from None
-            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        keys += _key_file(getattr(cfg, "api_keys_file", "") or "", "api_keys_file")
         if environ.get(ENV_VAR, "").strip():
             keys.append(environ[ENV_VAR].strip())
         if any(not k for k in keys):
             raise ApiKeyConfigError("api_keys holds an empty key")
-        return cls(keys)
+        operators = _key_file(getattr(cfg, "operator_api_keys_file", "") or "", "operator_api_keys_file")
+        return cls(keys, operators)
 
     @property
     def enabled(self) -> bool:
         return bool(self._keys)
+
+    def operator_refusal(self, authorization: str | None) -> str:
+        """Why a caller may not use the operator RPCs ("" when it may): with keys configured only
+        an operator key may; an open frontend is open for them too."""
+        if not self._keys:
+            return ""
+        candidate = bearer_token(authorization).encode()
+        matched = False
+        for key in self._operator_keys:
+            matched |= hmac.compare_digest(candidate, key)
+        if matched:
+            return ""
+        return "ReschedulerService (drain, migrate) needs an operator key (operator_api_keys_file)"
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -102,6 +111,17 @@ class ApiKeys:
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
         return (tenant_of_key(token), "") if matched else ("", WRONG_KEY)
+
+
+def _key_file(path: str, option: str) -> list[str]:
+    """The keys of a key file, one a line, `#` comments; [] without a path."""
+    if not path:
+        return []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise ApiKeyConfigError(f"{option} {path!r} cannot be read: {err.strerror or err}") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def grpc_authorization(metadata: Iterable[tuple[str, Any]] | None) -> str:

@@ -22,7 +22,7 @@ from infermesh_shared.grpc_transport import (
 from infermesh_shared.telemetry.metrics_server import MetricsServer, create_registry, start_metrics_server
 from infermesh_shared.telemetry.request_metrics import RequestMetrics
 
-from infermesh_frontend.client_auth import AioApiKeyInterceptor, ApiKeys
+from infermesh_frontend.client_auth import AioApiKeyInterceptor, ApiKeys, grpc_authorization
 from infermesh_frontend.drain import Drain
 from infermesh_frontend.model_info import ModelInfoSource
 from infermesh_frontend.openai_http.app import OpenAIHttpServer
@@ -104,9 +104,10 @@ class FrontendServer:
         frontend_pb2_grpc.add_FrontendServiceServicer_to_server(
             FrontendServicer(self.runner, self.api_keys), self.server
         )
-        # The operator's drain and migrate, behind the same API keys as the client calls.
+        # The operator's drain and migrate: with API keys, operator keys only.
         rescheduler_pb2_grpc.add_ReschedulerServiceServicer_to_server(
-            ReschedulerServicer(self.replica_stubs, cfg.rescheduling_config), self.server
+            ReschedulerServicer(self.replica_stubs, cfg.rescheduling_config, self._operator_refusal),
+            self.server,
         )
         self.rescheduler: Rescheduler | None = None
         if cfg.enable_rescheduling and cfg.colocated_rescheduling_mode:
@@ -160,6 +161,9 @@ class FrontendServer:
         if self.rescheduler is not None:
             await self.rescheduler.start()
         return self.port
+
+    def _operator_refusal(self, context: grpc.aio.ServicerContext) -> str:
+        return self.api_keys.operator_refusal(grpc_authorization(context.invocation_metadata()))
 
     def replica_stubs(self) -> dict[str, object]:
         """The scheduler stubs of every replica the pool knows (the rescheduler's view)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from infermesh.v1 import rescheduler_pb2, rescheduler_pb2_grpc, scheduler_pb2
@@ -24,14 +26,21 @@ MAX_DESTINATIONS = 64
 
 
 class ReschedulerServicer(rescheduler_pb2_grpc.ReschedulerServiceServicer):
-    def __init__(self, stubs: StubSource, options) -> None:
-        """`options`: a rescheduling_config section (for the timeout and the neutral load metric)."""
+    def __init__(self, stubs: StubSource, options, refusal: Callable[[Any], str] | None = None) -> None:
+        """`options`: a rescheduling_config section (for the timeout and the neutral load metric);
+        `refusal(context)`: why a caller may not use these RPCs ("" when it may), checked first."""
+        self._refusal = refusal
         self._stubs = stubs
         self._timeout_s = float(options.llumlet_grpc_timeout_seconds)
         self._neutral = LoadMetric(options.rescheduling_neutral_load_metric)
         # A drain runs this many migrations at once (the rescheduler's per-replica bound).
         self._parallel = options.rescheduling_max_migrations_per_replica
         self._draining: set[str] = set()
+
+    async def _authorize(self, context) -> None:
+        why = self._refusal(context) if self._refusal is not None else ""
+        if why:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
 
     async def _known(self, address: str, what: str, context) -> object:
         stub = self._stubs().get(address)
@@ -44,6 +53,7 @@ class ReschedulerServicer(rescheduler_pb2_grpc.ReschedulerServiceServicer):
         return stub
 
     async def DrainReplica(self, request: rescheduler_pb2.DrainReplicaRequest, context):
+        await self._authorize(context)
         source = request.replica_address
         if not source:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "replica_address is required")
@@ -108,6 +118,7 @@ class ReschedulerServicer(rescheduler_pb2_grpc.ReschedulerServiceServicer):
         return takers(reports, self._neutral, float("inf"))
 
     async def MigrateOne(self, request: rescheduler_pb2.MigrateOneRequest, context):
+        await self._authorize(context)
         if not (request.request_id and request.source_address and request.destination_address):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
